@@ -1,0 +1,54 @@
+"""skylift: train, tune, register and serve PyTorch models, from one laptop to a cluster.
+
+The public API is what `__all__` lists; names load lazily so `import skylift` stays fast.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "JobSpec": "skylift.spec",
+    "load_spec": "skylift.spec",
+    "parse_spec": "skylift.spec",
+    "SkyliftError": "skylift.errors",
+    "SpecError": "skylift.errors",
+    "DataError": "skylift.errors",
+    "ModelNotFound": "skylift.errors",
+    "IntegrityError": "skylift.errors",
+    "AuthError": "skylift.errors",
+    "Overloaded": "skylift.errors",
+    "load_splits": "skylift.data",
+    "read_source": "skylift.data",
+    "build_model": "skylift.models",
+    "fit": "skylift.train",
+    "resume": "skylift.train",
+    "evaluate": "skylift.train",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+if TYPE_CHECKING:
+    from skylift.data import load_splits, read_source
+    from skylift.errors import (
+        AuthError,
+        DataError,
+        IntegrityError,
+        ModelNotFound,
+        Overloaded,
+        SkyliftError,
+        SpecError,
+    )
+    from skylift.models import build_model
+    from skylift.spec import JobSpec, load_spec, parse_spec
+    from skylift.train import evaluate, fit, resume
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'skylift' has no attribute {name!r}")
+    return getattr(import_module(module), name)

@@ -1,0 +1,52 @@
+"""The `skylift` command: thin sub-commands over the library; errors become one line and an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from skylift import __version__
+from skylift.errors import SkyliftError
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line, no usage dump: the bar for every user-facing entry.
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from skylift.cli import _train
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", help="skylift home folder (default: $SKYLIFT_HOME or ~/.skylift)")
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    p = _Parser(prog="skylift", description="Train, tune, register and serve PyTorch models.", parents=[common])
+    p.add_argument("--version", action="version", version=f"skylift {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
+    _train.add_commands(sub, common)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+        return code
+    except SkyliftError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1

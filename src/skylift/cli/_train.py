@@ -1,0 +1,115 @@
+"""`skylift train`, `quickstart` and `evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from skylift.errors import SpecError
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    t = sub.add_parser("train", parents=[common], help="train a model from a job spec")
+    t.add_argument("spec", nargs="?", help="job spec YAML (optional with --resume)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a spec field, e.g. --set train.epochs=3 (repeatable)")
+    t.add_argument("--run-id", help="name of the run folder; an existing run with the same spec resumes")
+    t.add_argument("--resume", metavar="RUN_ID", help="continue RUN_ID from its last checkpoint")
+    t.set_defaults(run=_train)
+
+    q = sub.add_parser("quickstart", parents=[common],
+                       help="train the MNIST-style MLP on built-in digits and report its metrics")
+    q.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
+    q.set_defaults(run=_quickstart)
+
+    e = sub.add_parser("evaluate", parents=[common], help="metrics of a trained model on a data source")
+    e.add_argument("target", help="run id, run folder or checkpoint file")
+    e.add_argument("--data", required=True, help="data source (builtin:NAME, file or IDX folder)")
+    e.add_argument("--label-column", default="label", help="label column of .csv/.parquet data")
+    e.add_argument("--output", default=".", help="folder for confusion.png (default: current folder)")
+    e.set_defaults(run=_evaluate)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def _run_training(spec: Any, args: argparse.Namespace, run_id: str | None) -> Any:
+    from skylift.cli._display import TrainDisplay
+    from skylift.train import fit
+
+    console = _console()
+    display = TrainDisplay(console)
+    try:
+        result = fit(spec, home=args.home, run_id=run_id, observer=display)
+    finally:
+        display.close()
+    s = result.summary
+    console.print(f"best epoch {s['best_epoch']} by {s['monitor']}: "
+                  + ", ".join(f"{k}={v:.4f}" for k, v in s["best"].items()))
+    if "test" in s:
+        t = s["test"]
+        console.print(f"test ({t['n']} samples): accuracy={t['accuracy']:.4f} precision={t['precision']:.4f} "
+                      f"recall={t['recall']:.4f} f1={t['f1']:.4f}")
+    console.print(f"run folder: {result.run_dir}")
+    return result
+
+
+def _train(args: argparse.Namespace) -> int:
+    from skylift.spec import load_spec
+
+    if args.resume:
+        if args.run_id and args.run_id != args.resume:
+            raise SpecError("give either --run-id or --resume, not two different runs")
+        from skylift.home import skylift_home
+        from skylift.train.run import RunDir
+
+        run = RunDir.under(skylift_home(args.home), args.resume)
+        if not run.spec.is_file():
+            from skylift.errors import ModelNotFound
+
+            raise ModelNotFound(f"no run {args.resume!r} under {run.path.parent}")
+        spec = load_spec(run.spec, args.overrides)
+        if args.spec and load_spec(args.spec, args.overrides) != spec:
+            raise SpecError(f"{args.spec} differs from the spec run {args.resume} was started with")
+        _run_training(spec, args, args.resume)
+        return 0
+    if not args.spec:
+        raise SpecError("train needs a job spec file (or --resume RUN_ID)")
+    _run_training(load_spec(args.spec, args.overrides), args, args.run_id)
+    return 0
+
+
+def quickstart_spec_path() -> Path:
+    return Path(str(resources.files("skylift.cli") / "quickstart.yaml"))
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from skylift.spec import load_spec
+
+    spec = load_spec(quickstart_spec_path(), args.overrides)
+    console = _console()
+    console.print(f"[bold]skylift quickstart[/]: {spec.name} on {spec.data.train}, {spec.train.epochs} epochs")
+    _run_training(spec, args, None)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from skylift.cli._display import report_tables
+    from skylift.train import evaluate
+    from skylift.train.plots import confusion
+
+    result = evaluate(args.target, args.data, label_column=args.label_column, home=args.home)
+    console = _console()
+    console.print(f"checkpoint {result.checkpoint} on {result.source}: {result.report.n} samples, "
+                  f"loss {result.loss:.4f}")
+    for table in report_tables(result.report, result.classes):
+        console.print(table)
+    out = Path(args.output) / "confusion.png"
+    confusion(result.report.confusion, result.classes, out, title=f"{result.source}")
+    console.print(f"wrote {out}")
+    return 0

@@ -1,0 +1,80 @@
+"""Seeded, stratified hold-out splits and the train/val/test assembly of a job's data spec."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from skylift.data._dataset import Dataset, Splits
+from skylift.data._source import read_source
+from skylift.errors import DataError
+
+if TYPE_CHECKING:
+    from skylift.spec import DataSpec
+
+
+def stratified_split(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """(rest, held_out): seeded, stratified by class; both keep the original row order.
+
+    A class of n_c samples gives round(fraction * n_c) to held_out (round half to even), but at
+    least 1 when fraction > 0 and n_c >= 2, and never all of them: rest keeps >= 1 of every class
+    it had (a class with 1 sample stays in rest). Same data, fraction and seed -> same split.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise DataError(f"a hold-out fraction must be in [0, 1), got {fraction}")
+    counts_C = np.bincount(ds.y, minlength=len(ds.classes))
+    take_C = np.rint(fraction * counts_C).astype(np.int64)
+    if fraction > 0:
+        take_C = np.maximum(take_C, (counts_C >= 2).astype(np.int64))
+    take_C = np.minimum(take_C, np.maximum(counts_C - 1, 0))
+    # Rows grouped by class, random order within each class: a random permutation, stably sorted.
+    perm_N = np.random.default_rng(seed).permutation(len(ds))
+    grouped_N = perm_N[np.argsort(ds.y[perm_N], kind="stable")]
+    starts_C = np.concatenate(([0], np.cumsum(counts_C)[:-1]))
+    classes_N = ds.y[grouped_N]
+    rank_N = np.arange(len(ds)) - starts_C[classes_N]  # position within its class group
+    held_N = rank_N < take_C[classes_N]
+    return ds.subset(np.sort(grouped_N[~held_N])), ds.subset(np.sort(grouped_N[held_N]))
+
+
+def load_splits(spec: DataSpec, seed: int) -> Splits:
+    """The train/val/test sets a data spec describes.
+
+    test = the `spec.test` source (its bundled test set when it has one, e.g. the x_test/y_test
+    of a Keras .npz), else the train source's bundled test set, else a stratified `test_split` of
+    train when > 0, else None. Then val = a stratified `validation_split` of the remaining train.
+    Test labels are mapped onto the train set's classes. Both splits use `seed`.
+    """
+    data, bundled = read_source(spec.train, spec.label_column)
+    test: Dataset | None
+    if spec.test is not None:
+        main, its_test = read_source(spec.test, spec.label_column, classes=data.classes)
+        test = its_test if its_test is not None else main
+        _same_shape(spec.test, test, data)
+    elif bundled is not None:
+        test = bundled
+        _same_shape(f"{spec.train} (its test set)", test, data)
+    elif spec.test_split > 0:
+        data, test = stratified_split(data, spec.test_split, seed)
+        _non_empty(spec.train, test, "test_split")
+    else:
+        test = None
+    train, val = stratified_split(data, spec.validation_split, seed)
+    _non_empty(spec.train, val, "validation_split")
+    return Splits(train=train, val=val, test=test)
+
+
+def _same_shape(source: str, test: Dataset, train: Dataset) -> None:
+    if test.sample_shape != train.sample_shape:
+        raise DataError(
+            f"{source}: test samples have shape {test.sample_shape}, train samples {train.sample_shape}"
+        )
+
+
+def _non_empty(source: str, held: Dataset, field: str) -> None:
+    if len(held) == 0:
+        raise DataError(
+            f"{source}: too few samples for data.{field}: every class has a single sample, "
+            "so nothing can be held out (a class needs >= 2)"
+        )

@@ -1,0 +1,271 @@
+"""The job spec: one YAML file per model, validated whole before any work starts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from skylift.errors import SpecError
+
+__all__ = [
+    "CheckpointSpec",
+    "DataSpec",
+    "DistributedSpec",
+    "JobSpec",
+    "ModelSpec",
+    "OptimizerSpec",
+    "ServeSpec",
+    "TrainSpec",
+    "TuneSpec",
+    "load_spec",
+    "parse_spec",
+    "spec_hash",
+]
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+MAX_SPEC_BYTES = 1 << 20  # 1 MiB: a job spec is a page of YAML, not a data file
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class DataSpec(_Frozen):
+    train: str
+    """Source of training data: builtin:NAME, .npz, .npy (or "x.npy,y.npy"), .csv, .parquet, IDX."""
+    test: str | None = None
+    """Optional held-out test source; its metrics go into summary.json."""
+    test_split: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Fraction of train held out (stratified) as a test set when `test` is not given."""
+    validation_split: float = Field(default=0.1, gt=0.0, lt=1.0)
+    """Fraction of train held out (stratified, seeded) for validation and checkpoint selection."""
+    label_column: str = "label"
+    """Column holding the class label in .csv and .parquet sources."""
+
+
+class ModelSpec(_Frozen):
+    input_shape: list[int] | None = None
+    """Per-sample input shape; data is reshaped to it. Default: the data's own shape."""
+    layers: list[dict[str, Any]] | None = None
+    """Declarative layers, each `{type: {params}}`; checked when the model is built."""
+    factory: str | None = None
+    """`package.module:function` returning an nn.Module, called with `kwargs`."""
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments for `factory`."""
+    init: Literal["glorot_uniform", "torch"] = "glorot_uniform"
+    """Weight init of dense/conv layers: Keras' Glorot-uniform with zero bias, or torch's default."""
+
+    @field_validator("input_shape")
+    @classmethod
+    def _positive_dims(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(d < 1 for d in v)):
+            raise ValueError(f"must be a non-empty list of positive sizes, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ModelSpec:
+        if (self.layers is None) == (self.factory is None):
+            raise ValueError("give exactly one of model.layers or model.factory")
+        if self.layers is not None and not self.layers:
+            raise ValueError("model.layers must hold at least one layer")
+        if self.factory is not None and (":" not in self.factory or self.factory.count(":") != 1):
+            raise ValueError(f"model.factory must look like 'package.module:function', got {self.factory!r}")
+        if self.kwargs and self.factory is None:
+            raise ValueError("model.kwargs only applies with model.factory")
+        return self
+
+
+class OptimizerSpec(_Frozen):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    """Optimizer; adam/adamw use PyTorch's fused CPU/GPU kernels."""
+    lr: float = Field(default=0.001, gt=0.0)
+    """Learning rate."""
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    """L2 penalty (decoupled for adamw)."""
+    momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """SGD momentum."""
+    eps: float = Field(default=1e-7, gt=0.0)
+    """Adam epsilon; 1e-7 as in Keras (torch's default is 1e-8)."""
+
+
+class CheckpointSpec(_Frozen):
+    monitor: Literal["val_loss", "val_accuracy", "val_f1", "val_precision", "val_recall"] = "val_loss"
+    """Validation metric that picks best.pt."""
+    mode: Literal["min", "max"] = "min"
+    """Whether a lower or a higher `monitor` is better."""
+
+
+class TrainSpec(_Frozen):
+    epochs: int = Field(default=10, ge=1)
+    """Passes over the training data."""
+    batch_size: int = Field(default=64, ge=1)
+    """Global batch size (split over data-parallel workers)."""
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    loss: Literal["cross_entropy"] = "cross_entropy"
+    """Training loss on the model's logits."""
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Cross-entropy label smoothing."""
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    seed: int = Field(default=0, ge=0)
+    """Seed of weights init, shuffling, dropout and the validation split."""
+    threads: int | None = Field(default=None, ge=1)
+    """Torch intra-op threads per worker; default: cores / workers."""
+
+
+class DistributedSpec(_Frozen):
+    workers: int | Literal["auto"] = "auto"
+    """Data-parallel processes on this node; "auto" measures whether DDP pays."""
+    nnodes: int = Field(default=1, ge=1)
+    """Machines taking part."""
+    rdzv_endpoint: str | None = None
+    """HOST:PORT of the c10d rendezvous for multi-node jobs."""
+    max_restarts: int = Field(default=3, ge=0)
+    """Times the elastic agent restarts dead workers before giving up."""
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers_positive(cls, v: Any) -> Any:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError(f"must be a number of processes >= 1 or 'auto', got {v!r}")
+
+
+class TuneSpec(_Frozen):
+    trials: int = Field(default=20, ge=1)
+    parallel: int = Field(default=2, ge=1)
+    sampler: Literal["tpe", "random", "grid", "gp", "cmaes"] = "tpe"
+    pruner: Literal["hyperband", "median", "none"] = "hyperband"
+    metric: str = "val_accuracy"
+    direction: Literal["maximize", "minimize"] = "maximize"
+    storage: str | None = None
+    space: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Dotted spec path -> {uniform|log_uniform|int: [low, high]} or {choice: [...]}."""
+
+
+class ServeSpec(_Frozen):
+    max_batch_rows: int = Field(default=64, ge=1)
+    max_delay_ms: float = Field(default=2.0, ge=0.0)
+    replicas: int = Field(default=2, ge=1)
+    cache_mb: int = Field(default=64, ge=0)
+
+
+class JobSpec(_Frozen):
+    name: str
+    """Model name in the registry: lowercase letters, digits, '.', '_', '-'."""
+    data: DataSpec
+    model: ModelSpec
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec)
+    tune: TuneSpec = Field(default_factory=TuneSpec)
+    serve: ServeSpec = Field(default_factory=ServeSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _name_pattern(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(
+                f"must be 1-63 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit, got {v!r}"
+            )
+        return v
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved spec as plain data (every default filled in)."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def spec_hash(spec: JobSpec) -> str:
+    """SHA-256 of the resolved spec's canonical JSON: equal specs hash equal."""
+    canon = json.dumps(spec.to_dict(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def _describe(err: dict[str, Any]) -> str:
+    """One line for one pydantic error: dotted field, what is wrong, the value given."""
+    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown field (check the spelling; see the spec reference in README.md)"
+    if kind == "missing":
+        return f"{loc}: required field is missing"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    msg = msg[0].lower() + msg[1:]
+    given = err.get("input")
+    if ", got " in msg or isinstance(given, dict):
+        return f"{loc}: {msg}" if loc else msg
+    shown = repr(given)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{loc}: {msg}, got {shown}" if loc else f"{msg}, got {shown}"
+
+
+def _apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `--set a.b.c=value` (value parsed as YAML) to the raw spec mapping."""
+    path, sep, text = assignment.partition("=")
+    if not sep or not path:
+        raise SpecError(f"--set expects FIELD=VALUE (e.g. train.epochs=3), got {assignment!r}")
+    try:
+        value = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        value = text
+    keys = path.split(".")
+    node: Any = raw
+    for i, key in enumerate(keys[:-1]):
+        child = node.get(key) if isinstance(node, dict) else None
+        if child is None:
+            child = {}
+            node[key] = child
+        if not isinstance(child, dict):
+            raise SpecError(f"--set {path}: {'.'.join(keys[: i + 1])} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_spec(raw: Any, overrides: list[str] | tuple[str, ...] = (), source: str = "spec") -> JobSpec:
+    """Validate a spec mapping (plus `--set` overrides); raise SpecError naming each bad field."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: a job spec must be a YAML mapping, got {type(raw).__name__}")
+    raw = json.loads(json.dumps(raw, default=str))  # deep copy; overrides must not leak back
+    for assignment in overrides:
+        _apply_override(raw, assignment)
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = _describe(dict(errors[0]))
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise SpecError(f"{source}: {first}{more}") from None
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
+    """Read and validate a YAML job spec file."""
+    p = Path(path)
+    try:
+        if p.stat().st_size > MAX_SPEC_BYTES:
+            raise SpecError(f"{p}: spec file is larger than {MAX_SPEC_BYTES // 1024} KiB")
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{p}: spec file not found") from None
+    except IsADirectoryError:
+        raise SpecError(f"{p}: is a folder, expected a YAML spec file") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{p}: spec file is not UTF-8 text") from None
+    except OSError as exc:
+        raise SpecError(f"{p}: cannot read spec file ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise SpecError(f"{p}: invalid YAML{where}: {problem}") from None
+    return parse_spec(raw, overrides, source=str(p))

@@ -1,0 +1,227 @@
+"""The training loop: in-memory batches, best/last checkpoints, exact resume, run-folder outputs.
+
+Shape legend: N samples, B batch rows, C classes, S... per-sample input shape.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from skylift import _atomic
+from skylift.dist import DistInfo
+from skylift.errors import SpecError
+from skylift.home import skylift_home
+from skylift.spec import JobSpec, OptimizerSpec, spec_hash
+from skylift.train import checkpoint, plots
+from skylift.train.evaluate import as_input, evaluate_tensors
+from skylift.train.run import RunDir, new_run_id
+
+if TYPE_CHECKING:
+    import torch
+
+
+class TrainObserver(Protocol):
+    """Receives progress; the CLI draws a progress bar and a table, a library user may log."""
+
+    def start(self, run_id: str, first_epoch: int, epochs: int, samples_per_epoch: int) -> None: ...
+    def step(self, samples: int) -> None: ...
+    def epoch(self, row: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    run_dir: Path
+    summary: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+def _optimizer(params: Any, opt: OptimizerSpec) -> torch.optim.Optimizer:
+    import torch
+
+    # fused=True: PyTorch's default CPU Adam is a per-tensor Python loop costing more than
+    # forward + backward on an MLP; the fused kernel makes the whole step ~1.4x faster.
+    if opt.name == "adam":
+        return torch.optim.Adam(params, lr=opt.lr, eps=opt.eps, weight_decay=opt.weight_decay, fused=True)
+    if opt.name == "adamw":
+        return torch.optim.AdamW(params, lr=opt.lr, eps=opt.eps, weight_decay=opt.weight_decay, fused=True)
+    return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+
+
+def _batch_bounds(n: int, batch: int) -> list[tuple[int, int]]:
+    """[start, stop) of each batch; a final batch of one row joins the one before (batch norm needs 2)."""
+    bounds = [(i, min(i + batch, n)) for i in range(0, n, batch)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def _improved(value: float, best: float | None, mode: str) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value < best if mode == "min" else value > best
+
+
+def _prepare_run(spec: JobSpec, home: Path, run_id: str | None) -> tuple[RunDir, dict[str, Any] | None]:
+    """Create the run folder, or reopen it when it holds the same spec (resume from last.pt)."""
+    run = RunDir.under(home, run_id or new_run_id(spec.name))
+    if run.spec.exists():
+        from skylift.spec import load_spec
+
+        if spec_hash(load_spec(run.spec)) != spec_hash(spec):
+            raise SpecError(
+                f"run {run.run_id} already exists with a different spec: use a new --run-id, "
+                f"or `skylift train --resume {run.run_id}` to continue it unchanged"
+            )
+        return run, checkpoint.load(run.last) if run.last.exists() else None
+    run.path.mkdir(parents=True, exist_ok=True)
+    _atomic.write_text(run.spec, spec.to_yaml())
+    return run, None
+
+
+def fit(
+    spec: JobSpec,
+    *,
+    home: Path | str | None = None,
+    run_id: str | None = None,
+    observer: TrainObserver | None = None,
+    dist: DistInfo | None = None,
+) -> TrainResult:
+    """Train `spec` into runs/<run_id>/; an existing run with the same spec resumes from last.pt."""
+    import torch
+    import torch.nn.functional as F
+
+    from skylift.data import load_splits
+    from skylift.models import build_model, count_parameters
+
+    dist = dist or DistInfo()
+    home = skylift_home(home)
+    t = spec.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    splits = load_splits(spec.data, seed=t.seed)  # validate data before touching the run folder
+    classes = splits.train.classes
+    input_shape = tuple(spec.model.input_shape or splits.train.sample_shape)
+    torch.manual_seed(t.seed)
+    model = build_model(spec.model, input_shape, len(classes))
+    x_NS, y_N = as_input(splits.train, input_shape)
+    xv_NS, yv_N = as_input(splits.val, input_shape)
+    optimizer = _optimizer(model.parameters(), t.optimizer)
+    run, state = _prepare_run(spec, home, run_id)
+
+    gen = torch.Generator().manual_seed(t.seed)
+    history: list[dict[str, Any]] = []
+    best: float | None = None
+    best_epoch: int | None = None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        gen.set_state(state["rng"]["shuffle"])
+        history, best, best_epoch = state["history"], state["best"], state["best_epoch"]
+        run.write_metrics(history)  # a crash may have come between last.pt and metrics.jsonl
+    meta = {
+        "model": spec.model.model_dump(mode="json"),
+        "input_shape": list(input_shape),
+        "classes": list(classes),
+        "run_id": run.run_id,
+        "name": spec.name,
+        "spec_hash": spec_hash(spec),
+        "data_hash": splits.train.fingerprint(),
+    }
+
+    n = len(y_N)
+    bounds = _batch_bounds(n, t.batch_size)
+    first_epoch = len(history) + 1
+    if observer:
+        observer.start(run.run_id, first_epoch, t.epochs, n)
+    started = time.perf_counter()
+    for epoch in range(first_epoch, t.epochs + 1):
+        tick = time.perf_counter()
+        model.train()
+        perm_N = torch.randperm(n, generator=gen)
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        for lo, hi in bounds:
+            idx_B = perm_N[lo:hi]
+            logits_BC = model(x_NS.index_select(0, idx_B))
+            loss = F.cross_entropy(logits_BC, y_N.index_select(0, idx_B), label_smoothing=t.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * (hi - lo)
+            if observer:
+                observer.step(hi - lo)
+        seconds = time.perf_counter() - tick
+        val_loss, val = evaluate_tensors(model, xv_NS, yv_N, len(classes))
+        row = {
+            "epoch": epoch,
+            "loss": float(loss_sum) / n,
+            "val_loss": val_loss,
+            **val.summary("val_"),
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(seconds, 4),
+            "samples_per_s": round(n / seconds, 1),
+        }
+        history.append(row)
+        if _improved(row[t.checkpoint.monitor], best, t.checkpoint.mode):
+            best, best_epoch = row[t.checkpoint.monitor], epoch
+            if dist.is_main:
+                checkpoint.save(run.best, {"model": model.state_dict(), "meta": {**meta, "epoch": epoch}})
+        if dist.is_main:
+            checkpoint.save(run.last, {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "shuffle": gen.get_state()},
+                "history": history,
+                "best": best,
+                "best_epoch": best_epoch,
+                "meta": {**meta, "epoch": epoch},
+            })
+            run.write_metrics(history)
+        if observer:
+            observer.epoch(row)
+
+    summary = _finish(run, spec, splits.test, history, best_epoch, meta, time.perf_counter() - started)
+    summary["parameters"] = count_parameters(model)
+    if dist.is_main:
+        _atomic.write_json(run.summary, summary)
+        plots.curves(history, run.curves, best_epoch)
+    return TrainResult(run.run_id, run.path, summary, history)
+
+
+def _finish(
+    run: RunDir,
+    spec: JobSpec,
+    test: Any,
+    history: list[dict[str, Any]],
+    best_epoch: int | None,
+    meta: dict[str, Any],
+    seconds: float,
+) -> dict[str, Any]:
+    """summary.json: the best epoch's validation metrics and, with a test set, its test metrics."""
+    best_row = next((h for h in history if h["epoch"] == best_epoch), history[-1])
+    summary: dict[str, Any] = {
+        "run_id": run.run_id,
+        "name": spec.name,
+        "spec_hash": meta["spec_hash"],
+        "data_hash": meta["data_hash"],
+        "classes": meta["classes"],
+        "input_shape": meta["input_shape"],
+        "epochs": len(history),
+        "best_epoch": best_epoch,
+        "monitor": spec.train.checkpoint.monitor,
+        "best": {k: v for k, v in best_row.items() if k.startswith("val_")},
+        "final": {k: v for k, v in history[-1].items() if k.startswith(("val_", "loss"))},
+        "train_seconds_this_session": round(seconds, 3),
+        "checkpoint": str(run.best.relative_to(run.path)),
+    }
+    if test is not None:
+        from skylift.train.evaluate import evaluate_checkpoint_on
+
+        loss, rep = evaluate_checkpoint_on(checkpoint.load(run.best), test)
+        summary["test"] = {"loss": loss, **rep.summary(), "n": rep.n, "confusion": rep.confusion.tolist()}
+    return summary

@@ -1,0 +1,18 @@
+"""Shared fixtures: an isolated SKYLIFT_HOME per test and the example spec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "mnist_mlp.yaml"
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh SKYLIFT_HOME, also exported so subprocesses use it."""
+    h = tmp_path / "home"
+    monkeypatch.setenv("SKYLIFT_HOME", str(h))
+    return h

@@ -1,0 +1,140 @@
+"""Job spec: defaults, overrides, and one clear line for every kind of bad spec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from skylift.errors import SpecError
+from skylift.spec import JobSpec, load_spec, parse_spec, spec_hash
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "mnist_mlp.yaml"
+
+
+def _raw() -> dict[str, Any]:
+    raw: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    return raw
+
+
+def test_example_spec_is_the_design_mlp() -> None:
+    spec = load_spec(EXAMPLE)
+    assert spec.name == "mnist-mlp"
+    assert spec.model.input_shape == [784]
+    assert [next(iter(layer)) for layer in spec.model.layers or []] == [
+        "dense", "dropout", "batchnorm", "dense", "dropout", "batchnorm", "dense"]
+    assert (spec.train.epochs, spec.train.batch_size, spec.train.optimizer.lr) == (10, 64, 0.001)
+    assert spec.train.checkpoint.monitor == "val_loss" and spec.train.checkpoint.mode == "min"
+
+
+def test_minimal_spec_gets_documented_defaults() -> None:
+    spec = parse_spec({"name": "m", "data": {"train": "builtin:digits"}, "model": {"layers": [{"dense": {"units": 10}}]}})
+    assert spec.train.optimizer.eps == 1e-7  # Keras' Adam epsilon
+    assert spec.model.init == "glorot_uniform"
+    assert spec.distributed.workers == "auto" and spec.distributed.max_restarts == 3
+    assert spec.data.validation_split == 0.1
+
+
+def test_overrides_apply_dotted_paths_with_yaml_values() -> None:
+    spec = load_spec(EXAMPLE, ["train.epochs=3", "train.optimizer.lr=0.01", "model.input_shape=[1, 28, 28]"])
+    assert spec.train.epochs == 3 and spec.train.optimizer.lr == 0.01 and spec.model.input_shape == [1, 28, 28]
+    assert load_spec(EXAMPLE).train.epochs == 10
+
+
+def test_resolved_spec_round_trips_and_hashes_stably() -> None:
+    spec = load_spec(EXAMPLE)
+    again = parse_spec(yaml.safe_load(spec.to_yaml()))
+    assert again == spec and spec_hash(again) == spec_hash(spec)
+    assert spec_hash(load_spec(EXAMPLE, ["train.seed=1"])) != spec_hash(spec)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.batch_size=0", "train.batch_size: input should be greater than or equal to 1, got 0"),
+        ("train.batch_size=-64", "train.batch_size: input should be greater than or equal to 1, got -64"),
+        ("train.epochs=ten", "train.epochs: input should be a valid integer"),
+        ("train.epocs=3", "train.epocs: unknown field"),
+        ("train.optimizer.name=adagrad", "train.optimizer.name: input should be 'adam', 'adamw' or 'sgd'"),
+        ("train.optimizer.lr=0", "train.optimizer.lr: input should be greater than 0"),
+        ("data.validation_split=1.5", "data.validation_split: input should be less than 1"),
+        ("distributed.workers=0", "distributed.workers: must be a number of processes >= 1 or 'auto', got 0"),
+        ("model.input_shape=[0]", "model.input_shape: must be a non-empty list of positive sizes"),
+        ("model.factory=pkg:fn", "give exactly one of model.layers or model.factory"),
+        ("model.layers=[]", "model.layers must hold at least one layer"),
+        ("name=Bad Name", "name: must be 1-63 lowercase letters"),
+        ("train.checkpoint.mode=lowest", "train.checkpoint.mode: input should be 'min' or 'max'"),
+        ("data=3", "data: input should be a valid dictionary"),
+        ("train.epochs.x=1", "--set train.epochs.x: train.epochs is not a section"),
+        ("noequals", "--set expects FIELD=VALUE"),
+    ],
+)
+def test_bad_fields_get_one_line_naming_field_and_value(override: str, message: str) -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec(EXAMPLE, [override])
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_required_field() -> None:
+    raw = _raw()
+    del raw["data"]
+    with pytest.raises(SpecError, match="data: required field is missing"):
+        parse_spec(raw)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"name: [unclosed\n", "invalid YAML at line"),
+        (b"- just\n- a list\n", "a job spec must be a YAML mapping, got list"),
+        (b"", "a job spec must be a YAML mapping, got NoneType"),
+        (b"\xff\xfe\x00garbage", "not UTF-8 text"),
+        (b"a: !!python/object/apply:os.system ['true']\n", "invalid YAML"),
+    ],
+)
+def test_bad_files(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(content)
+    with pytest.raises(SpecError, match=message):
+        load_spec(path)
+
+
+def test_missing_folder_and_oversized_files(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="spec file not found"):
+        load_spec(tmp_path / "nope.yaml")
+    with pytest.raises(SpecError, match="is a folder"):
+        load_spec(tmp_path)
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"#" * (2 << 20))
+    with pytest.raises(SpecError, match="larger than 1024 KiB"):
+        load_spec(big)
+
+
+def test_spec_is_frozen() -> None:
+    spec = load_spec(EXAMPLE)
+    with pytest.raises(Exception, match="frozen"):
+        spec.name = "other"  # type: ignore[misc]
+
+
+_yaml_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(section=st.sampled_from(["data", "model", "train", "distributed", "tune", "serve", "name"]),
+       value=_yaml_values)
+def test_any_junk_in_any_section_is_a_spec_error_or_valid(section: str, value: Any) -> None:
+    raw = _raw()
+    raw[section] = value
+    try:
+        assert isinstance(parse_spec(raw), JobSpec)
+    except SpecError as exc:
+        assert "\n" not in str(exc)
