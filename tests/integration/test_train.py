@@ -34,7 +34,7 @@ def test_run_folder_holds_everything(home: Path) -> None:
     assert {"loss", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1"} <= set(rows[0])
     summary = json.loads((run / "summary.json").read_text())
     assert summary["best_epoch"] == min(rows, key=lambda r: r["val_loss"])["epoch"]
-    assert summary["test"]["n"] == 360 and summary["test"]["accuracy"] > 0.8  # 20% of 1797 digits
+    assert summary["test"]["n"] == 359 and summary["test"]["accuracy"] > 0.8  # 20% of each class of the 1797 digits
     assert (run / "curves.png").read_bytes().startswith(PNG)
     best, last = load(run / "checkpoints" / "best.pt"), load(run / "checkpoints" / "last.pt")
     assert best["meta"]["epoch"] == summary["best_epoch"] and last["meta"]["epoch"] == 4
@@ -62,14 +62,14 @@ def test_rerunning_a_finished_run_trains_nothing_and_other_spec_is_refused(home:
 def _cli(home: Path, *args: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "SKYLIFT_HOME": str(home)}
     return subprocess.Popen([sys.executable, "-m", "skylift", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def test_killed_run_resumes_to_identical_weights(home: Path) -> None:
     epochs = 30
     args = ("train", str(EXAMPLE), "--set", f"train.epochs={epochs}", "--set", "train.threads=1")
     full = _cli(home, *args, "--run-id", "full")
-    assert full.wait(timeout=300) == 0, full.stderr.read() if full.stderr else ""
+    assert full.wait(timeout=300) == 0
 
     victim = _cli(home, *args, "--run-id", "cut")
     metrics = home / "runs" / "cut" / "metrics.jsonl"
@@ -84,7 +84,7 @@ def test_killed_run_resumes_to_identical_weights(home: Path) -> None:
     assert 3 <= done < epochs, "the run must be cut mid-way"
 
     resumed = _cli(home, "train", "--resume", "cut")
-    assert resumed.wait(timeout=300) == 0, resumed.stderr.read() if resumed.stderr else ""
+    assert resumed.wait(timeout=300) == 0
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
     a = load(home / "runs" / "full" / "checkpoints" / "last.pt")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -13,6 +14,7 @@ from rich.table import Table
 from skylift.metrics import ClassificationReport
 
 EPOCH_COLUMNS = ("epoch", "loss", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "samples_per_s")
+_HEADERS = {"samples_per_s": "samples/s"}  # fits an 80-column terminal
 
 
 def _fmt(value: Any) -> str:
@@ -26,7 +28,8 @@ class TrainDisplay:
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.table = Table(*EPOCH_COLUMNS, title="training", title_justify="left")
+        self.table = Table(*(_HEADERS.get(c, c) for c in EPOCH_COLUMNS), box=box.SIMPLE_HEAD, padding=(0, 1),
+                           pad_edge=False)
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -55,8 +58,7 @@ class TrainDisplay:
                             rate=f"{row['samples_per_s']:,.0f} samples/s")
 
     def close(self) -> None:
-        if self.task is not None:
-            self.progress.update(self.task, visible=False)
+        self.live.update(self.table)  # leave the finished table, not a stale bar
         self.live.stop()
 
 

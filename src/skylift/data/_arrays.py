@@ -19,7 +19,13 @@ from skylift.errors import DataError
 
 # What a damaged zip or compressed stream raises from the standard library (zipfile, zlib, lzma, bz2).
 _ZIP_ERRORS = (
-    zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError, ValueError
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    NotImplementedError,
+    RuntimeError,
+    ValueError,
 )
 
 # Key pairs accepted in an .npz, in the order tried; Keras' mnist.npz layout is checked first.
@@ -102,8 +108,6 @@ def _read_npy_file(path: Path) -> np.ndarray:
     try:
         with open(path, "rb") as stream:
             return _read_npy_stream(stream, os.fstat(stream.fileno()).st_size, str(path))
-    except DataError:
-        raise
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except OSError as exc:
@@ -142,6 +146,8 @@ def _read_npy_header(
             return fmt.read_array_header_1_0(stream)
         if version == (2, 0):
             return fmt.read_array_header_2_0(stream)
+    except (zipfile.BadZipFile, zlib.error, OSError):
+        raise  # the stream itself is damaged; the caller names the file
     except Exception as exc:  # numpy parses the header with ast/tokenize: many error types, all "bad header"
         raise DataError(f"{where}: not a valid .npy array ({first_line(exc)})") from None
     raise DataError(f"{where}: unsupported .npy format version {version[0]}.{version[1]}")

@@ -84,7 +84,8 @@ def _normalise(source: str, y: np.ndarray) -> np.ndarray:
         if bool(bad.any()):
             row = int(np.argmax(bad))
             raise DataError(
-                f"{source}: label {y[row]!r} at row {row} is not a class; labels must be integers or names"
+                f"{source}: label {y[row].item()!r} at row {row} is not a class; "
+                "labels must be integers or names"
             )
         return y.astype(np.int64)
     if kind == "U":

@@ -138,7 +138,11 @@ def _parse(stream: io.BufferedIOBase, path: Path, ndim: int, max_data: int, exac
     available = max_data - header
     if nbytes > available or (exact and nbytes < available):
         problem = "truncated" if nbytes > available else "has trailing bytes"
-        holds = f"the file holds {available}" if exact else f"a {max_data // _MAX_DEFLATE_RATIO}-byte gzip"
+        holds = (
+            f"the file holds {available}"
+            if exact
+            else f"more than a {max_data // _MAX_DEFLATE_RATIO}-byte gzip file can hold"
+        )
         raise DataError(f"{path}: {problem}: header promises {nbytes} bytes of data {dims}, {holds}")
     data = read_exactly(stream, nbytes, str(path), "data")
     if stream.read(1):

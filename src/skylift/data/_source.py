@@ -40,7 +40,7 @@ def read_source(
     if not text:
         raise DataError(f"data source is empty; accepted: {accepted_forms()}")
     if text.startswith(_BUILTIN):
-        return _onto(text, read_builtin(text[len(_BUILTIN) :]), classes), None
+        return map_onto(text, read_builtin(text[len(_BUILTIN) :]), classes), None
     if "://" in text:
         raise DataError(f"{text}: remote sources are not read; copy the file locally and give its path")
     try:
@@ -83,7 +83,7 @@ def _read_pair(text: str, classes: tuple[str, ...] | None) -> Dataset:
     return read_npy_pair(parts[0], parts[1], classes)
 
 
-def _onto(source: str, data: Dataset, classes: tuple[str, ...] | None) -> Dataset:
+def map_onto(source: str, data: Dataset, classes: tuple[str, ...] | None) -> Dataset:
     """`data` with its labels mapped onto `classes` by name (unchanged when they already match)."""
     if classes is None or classes == data.classes:
         return data

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from skylift.data._dataset import Dataset, Splits
-from skylift.data._source import read_source
+from skylift.data._source import map_onto, read_source
 from skylift.errors import DataError
 
 if TYPE_CHECKING:
@@ -49,8 +49,8 @@ def load_splits(spec: DataSpec, seed: int) -> Splits:
     data, bundled = read_source(spec.train, spec.label_column)
     test: Dataset | None
     if spec.test is not None:
-        main, its_test = read_source(spec.test, spec.label_column, classes=data.classes)
-        test = its_test if its_test is not None else main
+        main, its_test = read_source(spec.test, spec.label_column)
+        test = map_onto(spec.test, its_test if its_test is not None else main, data.classes)
         _same_shape(spec.test, test, data)
     elif bundled is not None:
         test = bundled

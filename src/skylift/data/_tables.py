@@ -38,9 +38,7 @@ def read_table(
         raise DataError(f"{path}: not a readable {kind} file ({first_line(exc)})") from None
 
 
-def _to_dataset(
-    path: Path, table: pa.Table, label_column: str, classes: tuple[str, ...] | None
-) -> Dataset:
+def _to_dataset(path: Path, table: pa.Table, label_column: str, classes: tuple[str, ...] | None) -> Dataset:
     names = table.column_names
     if label_column not in names:
         raise DataError(f"{path}: label column {label_column!r} not found; columns present: {_list(names)}")
@@ -69,7 +67,9 @@ def _read(path: Path, kind: Literal["csv", "parquet"]) -> pa.Table:
         if kind == "csv":
             import pyarrow.csv as pa_csv
 
-            return pa_csv.read_csv(path)
+            # Only an empty cell is missing; "NaN"/"inf" stay numbers and "NA" is reported as text.
+            convert = pa_csv.ConvertOptions(null_values=[""], strings_can_be_null=True)
+            return pa_csv.read_csv(path, convert_options=convert)
         import pyarrow.parquet as pa_parquet
 
         return pa_parquet.read_table(path)
