@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from skylift.data import read_source, stratified_split
 from skylift.spec import load_spec
 from skylift.train import fit
-from skylift.train.evaluate import evaluate_tensors
+from skylift.train.evaluation import evaluate_tensors
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mnist_mlp.yaml"
 N_TRAIN = 60_000
@@ -83,16 +83,27 @@ def main() -> None:
             torch.set_num_threads(threads)
             model, rate = dataloader_loop(x, y, args.epochs)
             _, base = evaluate_tensors(model, xt_t, yt_t, 10)
-            spec = load_spec(EXAMPLE, [f"data.train={x_path},{y_path}",
-                                       f"data.test={folder / 'x_test.npy'},{folder / 'y_test.npy'}",
-                                       "data.validation_split=0.02", f"train.epochs={args.epochs}",
-                                       f"train.threads={threads}"])
+            spec = load_spec(
+                EXAMPLE,
+                [
+                    f"data.train={x_path},{y_path}",
+                    f"data.test={folder / 'x_test.npy'},{folder / 'y_test.npy'}",
+                    "data.validation_split=0.02",
+                    f"train.epochs={args.epochs}",
+                    f"train.threads={threads}",
+                ],
+            )
             result = fit(spec, home=folder / "home")
             ours = sum(r["samples_per_s"] for r in result.history) / len(result.history)
             rows.append((threads, rate, base.accuracy, ours, result.summary["test"]["accuracy"]))
-    print(f"machine: {platform.machine()} {platform.processor() or ''} cores={torch.get_num_threads()}; "
-          f"torch {torch.__version__}, numpy {np.__version__}; epochs={args.epochs}, samples={N_TRAIN}")
-    print("| threads | DataLoader samples/s | DataLoader test acc | skylift samples/s | skylift test acc | ratio |")
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''} cores={torch.get_num_threads()}; "
+        f"torch {torch.__version__}, numpy {np.__version__}; epochs={args.epochs}, samples={N_TRAIN}"
+    )
+    print(
+        "| threads | DataLoader samples/s | DataLoader test acc "
+        "| skylift samples/s | skylift test acc | ratio |"
+    )
     print("|---|---|---|---|---|---|")
     for threads, rate, base_acc, ours, acc in rows:
         print(f"| {threads} | {rate:,.0f} | {base_acc:.3f} | {ours:,.0f} | {acc:.3f} | {ours / rate:.2f}x |")

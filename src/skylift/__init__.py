@@ -31,20 +31,23 @@ _EXPORTS = {
 
 __all__ = sorted([*_EXPORTS, "__version__"])
 
-if TYPE_CHECKING:
-    from skylift.data import load_splits, read_source
-    from skylift.errors import (
-        AuthError,
-        DataError,
-        IntegrityError,
-        ModelNotFound,
-        Overloaded,
-        SkyliftError,
-        SpecError,
-    )
-    from skylift.models import build_model
-    from skylift.spec import JobSpec, load_spec, parse_spec
-    from skylift.train import evaluate, fit, resume
+if TYPE_CHECKING:  # static types for the lazy names below
+    from skylift.data import load_splits as load_splits
+    from skylift.data import read_source as read_source
+    from skylift.errors import AuthError as AuthError
+    from skylift.errors import DataError as DataError
+    from skylift.errors import IntegrityError as IntegrityError
+    from skylift.errors import ModelNotFound as ModelNotFound
+    from skylift.errors import Overloaded as Overloaded
+    from skylift.errors import SkyliftError as SkyliftError
+    from skylift.errors import SpecError as SpecError
+    from skylift.models import build_model as build_model
+    from skylift.spec import JobSpec as JobSpec
+    from skylift.spec import load_spec as load_spec
+    from skylift.spec import parse_spec as parse_spec
+    from skylift.train import evaluate as evaluate
+    from skylift.train import fit as fit
+    from skylift.train import resume as resume
 
 
 def __getattr__(name: str) -> Any:

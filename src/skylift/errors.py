@@ -1,12 +1,12 @@
 """The one error tree of skylift; library code raises these, the CLI and server map them.
 
-    SkyliftError                 base; ``exit_code`` is what the CLI exits with
-     ├── SpecError               invalid job spec, CLI override or argument      (exit 2)
-     ├── DataError               unreadable or invalid data source               (exit 2)
-     ├── ModelNotFound           unknown model, version, alias, run or checkpoint (exit 2)
-     ├── IntegrityError          an artifact's bytes do not match its manifest   (exit 1)
-     ├── AuthError               missing, wrong or insufficient credentials      (exit 1)
-     └── Overloaded              the server's queue is full, retry later         (exit 1)
+SkyliftError                 base; ``exit_code`` is what the CLI exits with
+ ├── SpecError               invalid job spec, CLI override or argument      (exit 2)
+ ├── DataError               unreadable or invalid data source               (exit 2)
+ ├── ModelNotFound           unknown model, version, alias, run or checkpoint (exit 2)
+ ├── IntegrityError          an artifact's bytes do not match its manifest   (exit 1)
+ ├── AuthError               missing, wrong or insufficient credentials      (exit 1)
+ └── Overloaded              the server's queue is full, retry later         (exit 1)
 """
 
 from __future__ import annotations

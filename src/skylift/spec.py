@@ -170,7 +170,8 @@ class JobSpec(_Frozen):
     def _name_pattern(cls, v: str) -> str:
         if not _NAME.match(v):
             raise ValueError(
-                f"must be 1-63 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit, got {v!r}"
+                "must be 1-63 lowercase letters, digits, '.', '_' or '-', "
+                f"starting with a letter or digit, got {v!r}"
             )
         return v
 
@@ -179,7 +180,8 @@ class JobSpec(_Frozen):
         return self.model_dump(mode="json")
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        text: str = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return text
 
 
 def spec_hash(spec: JobSpec) -> str:

@@ -6,7 +6,6 @@ import gzip
 import os
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +39,14 @@ def test_train_then_evaluate_prints_tables_and_writes_confusion_png(home: Path, 
     assert "run folder:" in out.stdout and "epoch" in out.stdout
     ev = _skylift(home, "evaluate", "cli-run", "--data", "builtin:digits28", "--output", str(tmp_path))
     assert ev.returncode == 0, ev.stderr
-    for text in ("accuracy", "precision (macro)", "recall (macro)", "f1 (macro)", "per class", "confusion matrix"):
+    for text in (
+        "accuracy",
+        "precision (macro)",
+        "recall (macro)",
+        "f1 (macro)",
+        "per class",
+        "confusion matrix",
+    ):
         assert text in ev.stdout
     assert (tmp_path / "confusion.png").read_bytes().startswith(b"\x89PNG")
 
@@ -90,14 +96,27 @@ def _bad_data(tmp_path: Path, kind: str) -> tuple[list[str], str]:
 SPEC_CASES = {
     "unknown field": (["train.epocs=3"], "train.epocs: unknown field"),
     "wrong type": (["train.epochs=ten"], "train.epochs: input should be a valid integer"),
-    "negative batch size": (["train.batch_size=-1"], "train.batch_size: input should be greater than or equal to 1"),
+    "negative batch size": (
+        ["train.batch_size=-1"],
+        "train.batch_size: input should be greater than or equal to 1",
+    ),
     "unknown layer": (["model.layers=[{densse: {units: 10}}]"], "densse"),
-    "layer shape mismatch": (["model.layers=[{conv2d: {filters: 4, kernel_size: 3}}, {dense: {units: 10}}]"],
-                             "conv2d"),
+    "layer shape mismatch": (
+        ["model.layers=[{conv2d: {filters: 4, kernel_size: 3}}, {dense: {units: 10}}]"],
+        "conv2d",
+    ),
     "wrong output size": (["model.layers=[{dense: {units: 7}}]"], "10 classes"),
 }
-DATA_CASES = ["missing file", "label column absent", "count mismatch", "truncated idx", "corrupt gzip idx",
-              "truncated npz", "nan features", "shape mismatch"]
+DATA_CASES = [
+    "missing file",
+    "label column absent",
+    "count mismatch",
+    "truncated idx",
+    "corrupt gzip idx",
+    "truncated npz",
+    "nan features",
+    "shape mismatch",
+]
 
 
 @pytest.mark.parametrize("kind", [*SPEC_CASES, *DATA_CASES])
@@ -122,7 +141,9 @@ def test_bad_spec_file_through_the_real_command_has_no_traceback(home: Path, tmp
     spec.write_text(yaml.safe_dump(raw))
     out = _skylift(home, "train", str(spec))
     assert out.returncode == 2
-    assert out.stderr == f"error: {spec}: train.batch_size: input should be greater than or equal to 1, got 0\n"
+    assert (
+        out.stderr == f"error: {spec}: train.batch_size: input should be greater than or equal to 1, got 0\n"
+    )
     debug = _skylift(home, "train", str(spec), "--debug")
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
@@ -134,13 +155,18 @@ def test_bad_spec_file_through_the_real_command_has_no_traceback(home: Path, tmp
         (["train"], "train needs a job spec file"),
         (["train", "--resume", "no-such-run"], "no run 'no-such-run'"),
         (["train", "--resume", "../../etc"], "run id '../../etc' is not allowed"),
-        (["evaluate", "nothing-here", "--data", "builtin:digits"], "no checkpoint file, run folder or run id"),
+        (
+            ["evaluate", "nothing-here", "--data", "builtin:digits"],
+            "no checkpoint file, run folder or run id",
+        ),
         (["evaluate", "x"], "the following arguments are required: --data"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["train", str(EXAMPLE), "--set", "bogus"], "--set expects FIELD=VALUE"),
     ],
 )
-def test_bad_command_lines(args: list[str], message: str, home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_command_lines(
+    args: list[str], message: str, home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     try:
         code = main(args)
     except SystemExit as exit_:  # argparse's own errors
@@ -150,8 +176,9 @@ def test_bad_command_lines(args: list[str], message: str, home: Path, capsys: py
     assert message in err and err.count("\n") == 1, err
 
 
-def test_evaluate_refuses_a_file_that_is_not_a_checkpoint(home: Path, tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_refuses_a_file_that_is_not_a_checkpoint(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     fake = tmp_path / "evil.pt"
     fake.write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")  # a pickle that would run a command
     assert main(["evaluate", str(fake), "--data", "builtin:digits"]) == 1

@@ -17,7 +17,6 @@ from skylift.errors import SpecError
 from skylift.spec import load_spec
 from skylift.train import evaluate, fit, resume
 from skylift.train.checkpoint import load
-
 from tests.conftest import EXAMPLE
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -34,7 +33,9 @@ def test_run_folder_holds_everything(home: Path) -> None:
     assert {"loss", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1"} <= set(rows[0])
     summary = json.loads((run / "summary.json").read_text())
     assert summary["best_epoch"] == min(rows, key=lambda r: r["val_loss"])["epoch"]
-    assert summary["test"]["n"] == 359 and summary["test"]["accuracy"] > 0.8  # 20% of each class of the 1797 digits
+    assert (
+        summary["test"]["n"] == 359 and summary["test"]["accuracy"] > 0.8
+    )  # 20% of each class of the 1797 digits
     assert (run / "curves.png").read_bytes().startswith(PNG)
     best, last = load(run / "checkpoints" / "best.pt"), load(run / "checkpoints" / "last.pt")
     assert best["meta"]["epoch"] == summary["best_epoch"] and last["meta"]["epoch"] == 4
@@ -61,8 +62,12 @@ def test_rerunning_a_finished_run_trains_nothing_and_other_spec_is_refused(home:
 
 def _cli(home: Path, *args: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "SKYLIFT_HOME": str(home)}
-    return subprocess.Popen([sys.executable, "-m", "skylift", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "skylift", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def test_killed_run_resumes_to_identical_weights(home: Path) -> None:
@@ -91,7 +96,9 @@ def test_killed_run_resumes_to_identical_weights(home: Path) -> None:
     b = load(home / "runs" / "cut" / "checkpoints" / "last.pt")
     for key, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][key]), key
-    full_rows = [json.loads(line) for line in (home / "runs" / "full" / "metrics.jsonl").read_text().splitlines()]
+    full_rows = [
+        json.loads(line) for line in (home / "runs" / "full" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["val_loss"] for r in rows] == [r["val_loss"] for r in full_rows]
 
 

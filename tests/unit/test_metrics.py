@@ -19,8 +19,11 @@ def _check_against_sklearn(t: np.ndarray, p: np.ndarray, n: int) -> None:
     assert rep.accuracy == pytest.approx(accuracy_score(t, p))
     for avg in (None, "macro", "weighted"):
         sp, sr, sf, _ = precision_recall_fscore_support(t, p, labels=labels, average=avg, zero_division=0)
-        ours = {None: (rep.precision, rep.recall, rep.f1), "macro": tuple(rep.macro().values()),
-                "weighted": tuple(rep.weighted().values())}[avg]
+        ours = {
+            None: (rep.precision, rep.recall, rep.f1),
+            "macro": tuple(rep.macro().values()),
+            "weighted": tuple(rep.weighted().values()),
+        }[avg]
         np.testing.assert_allclose(ours, (sp, sr, sf), atol=1e-12)
     assert not np.isnan([rep.precision, rep.recall, rep.f1]).any()
 
@@ -50,7 +53,13 @@ def test_empty_matrix_is_all_zero() -> None:
 
 def test_summary_keys_and_prefix() -> None:
     rep = report(confusion_matrix(np.array([0, 1, 1]), np.array([0, 1, 0]), 2))
-    assert set(rep.summary("val_")) == {"val_accuracy", "val_precision", "val_recall", "val_f1", "val_f1_weighted"}
+    assert set(rep.summary("val_")) == {
+        "val_accuracy",
+        "val_precision",
+        "val_recall",
+        "val_f1",
+        "val_f1_weighted",
+    }
 
 
 def test_length_mismatch_is_an_error() -> None:

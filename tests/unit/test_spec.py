@@ -26,13 +26,22 @@ def test_example_spec_is_the_design_mlp() -> None:
     assert spec.name == "mnist-mlp"
     assert spec.model.input_shape == [784]
     assert [next(iter(layer)) for layer in spec.model.layers or []] == [
-        "dense", "dropout", "batchnorm", "dense", "dropout", "batchnorm", "dense"]
+        "dense",
+        "dropout",
+        "batchnorm",
+        "dense",
+        "dropout",
+        "batchnorm",
+        "dense",
+    ]
     assert (spec.train.epochs, spec.train.batch_size, spec.train.optimizer.lr) == (10, 64, 0.001)
     assert spec.train.checkpoint.monitor == "val_loss" and spec.train.checkpoint.mode == "min"
 
 
 def test_minimal_spec_gets_documented_defaults() -> None:
-    spec = parse_spec({"name": "m", "data": {"train": "builtin:digits"}, "model": {"layers": [{"dense": {"units": 10}}]}})
+    spec = parse_spec(
+        {"name": "m", "data": {"train": "builtin:digits"}, "model": {"layers": [{"dense": {"units": 10}}]}}
+    )
     assert spec.train.optimizer.eps == 1e-7  # Keras' Adam epsilon
     assert spec.model.init == "glorot_uniform"
     assert spec.distributed.workers == "auto" and spec.distributed.max_restarts == 3
@@ -41,7 +50,9 @@ def test_minimal_spec_gets_documented_defaults() -> None:
 
 def test_overrides_apply_dotted_paths_with_yaml_values() -> None:
     spec = load_spec(EXAMPLE, ["train.epochs=3", "train.optimizer.lr=0.01", "model.input_shape=[1, 28, 28]"])
-    assert spec.train.epochs == 3 and spec.train.optimizer.lr == 0.01 and spec.model.input_shape == [1, 28, 28]
+    assert (
+        spec.train.epochs == 3 and spec.train.optimizer.lr == 0.01 and spec.model.input_shape == [1, 28, 28]
+    )
     assert load_spec(EXAMPLE).train.epochs == 10
 
 
@@ -129,8 +140,10 @@ _yaml_values = st.recursive(
 
 
 @settings(max_examples=200, deadline=None)
-@given(section=st.sampled_from(["data", "model", "train", "distributed", "tune", "serve", "name"]),
-       value=_yaml_values)
+@given(
+    section=st.sampled_from(["data", "model", "train", "distributed", "tune", "serve", "name"]),
+    value=_yaml_values,
+)
 def test_any_junk_in_any_section_is_a_spec_error_or_valid(section: str, value: Any) -> None:
     raw = _raw()
     raw[section] = value

@@ -24,7 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", help="skylift home folder (default: $SKYLIFT_HOME or ~/.skylift)")
     common.add_argument("--debug", action="store_true", help="show tracebacks")
-    p = _Parser(prog="skylift", description="Train, tune, register and serve PyTorch models.", parents=[common])
+    p = _Parser(
+        prog="skylift", description="Train, tune, register and serve PyTorch models.", parents=[common]
+    )
     p.add_argument("--version", action="version", version=f"skylift {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
     _train.add_commands(sub, common)

@@ -13,7 +13,16 @@ from rich.table import Table
 
 from skylift.metrics import ClassificationReport
 
-EPOCH_COLUMNS = ("epoch", "loss", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "samples_per_s")
+EPOCH_COLUMNS = (
+    "epoch",
+    "loss",
+    "val_loss",
+    "val_accuracy",
+    "val_precision",
+    "val_recall",
+    "val_f1",
+    "samples_per_s",
+)
 _HEADERS = {"samples_per_s": "samples/s"}  # fits an 80-column terminal
 
 
@@ -28,8 +37,9 @@ class TrainDisplay:
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.table = Table(*(_HEADERS.get(c, c) for c in EPOCH_COLUMNS), box=box.SIMPLE_HEAD, padding=(0, 1),
-                           pad_edge=False)
+        self.table = Table(
+            *(_HEADERS.get(c, c) for c in EPOCH_COLUMNS), box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False
+        )
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -43,7 +53,9 @@ class TrainDisplay:
         self.epochs = 0
 
     def start(self, run_id: str, first_epoch: int, epochs: int, samples_per_epoch: int) -> None:
-        self.console.print(f"run [bold]{run_id}[/]" + (f" (resuming at epoch {first_epoch})" if first_epoch > 1 else ""))
+        self.console.print(
+            f"run [bold]{run_id}[/]" + (f" (resuming at epoch {first_epoch})" if first_epoch > 1 else "")
+        )
         self.epochs = epochs
         self.task = self.progress.add_task(f"epoch {first_epoch}/{epochs}", total=samples_per_epoch, rate="")
         self.live.start()
@@ -54,8 +66,9 @@ class TrainDisplay:
     def epoch(self, row: dict[str, Any]) -> None:
         self.table.add_row(*(_fmt(row[c]) for c in EPOCH_COLUMNS))
         nxt = min(row["epoch"] + 1, self.epochs)
-        self.progress.reset(self.task, description=f"epoch {nxt}/{self.epochs}",
-                            rate=f"{row['samples_per_s']:,.0f} samples/s")
+        self.progress.reset(
+            self.task, description=f"epoch {nxt}/{self.epochs}", rate=f"{row['samples_per_s']:,.0f} samples/s"
+        )
 
     def close(self) -> None:
         self.live.update(self.table)  # leave the finished table, not a stale bar
@@ -72,17 +85,27 @@ def metrics_table(title: str, rows: Sequence[tuple[str, float]]) -> Table:
 def report_tables(rep: ClassificationReport, classes: Sequence[str]) -> list[Table]:
     """Overall metrics, per-class precision/recall/F1/support, and the confusion matrix."""
     macro, weighted = rep.macro(), rep.weighted()
-    overall = metrics_table("overall", [
-        ("accuracy", rep.accuracy),
-        ("precision (macro)", macro["precision"]),
-        ("recall (macro)", macro["recall"]),
-        ("f1 (macro)", macro["f1"]),
-        ("f1 (weighted)", weighted["f1"]),
-    ])
-    per_class = Table("class", "precision", "recall", "f1", "support", title="per class", title_justify="left")
+    overall = metrics_table(
+        "overall",
+        [
+            ("accuracy", rep.accuracy),
+            ("precision (macro)", macro["precision"]),
+            ("recall (macro)", macro["recall"]),
+            ("f1 (macro)", macro["f1"]),
+            ("f1 (weighted)", weighted["f1"]),
+        ],
+    )
+    per_class = Table(
+        "class", "precision", "recall", "f1", "support", title="per class", title_justify="left"
+    )
     for i, name in enumerate(classes):
-        per_class.add_row(name, f"{rep.precision[i]:.4f}", f"{rep.recall[i]:.4f}", f"{rep.f1[i]:.4f}",
-                          str(int(rep.support[i])))
+        per_class.add_row(
+            name,
+            f"{rep.precision[i]:.4f}",
+            f"{rep.recall[i]:.4f}",
+            f"{rep.f1[i]:.4f}",
+            str(int(rep.support[i])),
+        )
     cm = Table("true \\ pred", *classes, title="confusion matrix", title_justify="left")
     for i, name in enumerate(classes):
         cm.add_row(name, *(str(int(c)) for c in rep.confusion[i]))

@@ -13,14 +13,23 @@ from skylift.errors import SpecError
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     t = sub.add_parser("train", parents=[common], help="train a model from a job spec")
     t.add_argument("spec", nargs="?", help="job spec YAML (optional with --resume)")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a spec field, e.g. --set train.epochs=3 (repeatable)")
+    t.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a spec field, e.g. --set train.epochs=3 (repeatable)",
+    )
     t.add_argument("--run-id", help="name of the run folder; an existing run with the same spec resumes")
     t.add_argument("--resume", metavar="RUN_ID", help="continue RUN_ID from its last checkpoint")
     t.set_defaults(run=_train)
 
-    q = sub.add_parser("quickstart", parents=[common],
-                       help="train the MNIST-style MLP on built-in digits and report its metrics")
+    q = sub.add_parser(
+        "quickstart",
+        parents=[common],
+        help="train the MNIST-style MLP on built-in digits and report its metrics",
+    )
     q.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
     q.set_defaults(run=_quickstart)
 
@@ -49,12 +58,16 @@ def _run_training(spec: Any, args: argparse.Namespace, run_id: str | None) -> An
     finally:
         display.close()
     s = result.summary
-    console.print(f"best epoch {s['best_epoch']} by {s['monitor']}: "
-                  + ", ".join(f"{k}={v:.4f}" for k, v in s["best"].items()))
+    console.print(
+        f"best epoch {s['best_epoch']} by {s['monitor']}: "
+        + ", ".join(f"{k}={v:.4f}" for k, v in s["best"].items())
+    )
     if "test" in s:
         t = s["test"]
-        console.print(f"test ({t['n']} samples): accuracy={t['accuracy']:.4f} precision={t['precision']:.4f} "
-                      f"recall={t['recall']:.4f} f1={t['f1']:.4f}")
+        console.print(
+            f"test ({t['n']} samples): accuracy={t['accuracy']:.4f} precision={t['precision']:.4f} "
+            f"recall={t['recall']:.4f} f1={t['f1']:.4f}"
+        )
     console.print(f"run folder: {result.run_dir}")
     return result
 
@@ -93,7 +106,9 @@ def _quickstart(args: argparse.Namespace) -> int:
 
     spec = load_spec(quickstart_spec_path(), args.overrides)
     console = _console()
-    console.print(f"[bold]skylift quickstart[/]: {spec.name} on {spec.data.train}, {spec.train.epochs} epochs")
+    console.print(
+        f"[bold]skylift quickstart[/]: {spec.name} on {spec.data.train}, {spec.train.epochs} epochs"
+    )
     _run_training(spec, args, None)
     return 0
 
@@ -105,8 +120,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate(args.target, args.data, label_column=args.label_column, home=args.home)
     console = _console()
-    console.print(f"checkpoint {result.checkpoint} on {result.source}: {result.report.n} samples, "
-                  f"loss {result.loss:.4f}")
+    console.print(
+        f"checkpoint {result.checkpoint} on {result.source}: {result.report.n} samples, "
+        f"loss {result.loss:.4f}"
+    )
     for table in report_tables(result.report, result.classes):
         console.print(table)
     out = Path(args.output) / "confusion.png"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from skylift.train.evaluate import Evaluation, evaluate
+from skylift.train.evaluation import Evaluation, evaluate
 from skylift.train.loop import TrainObserver, TrainResult, fit
 
 __all__ = ["Evaluation", "TrainObserver", "TrainResult", "evaluate", "fit", "resume"]

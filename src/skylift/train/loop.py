@@ -17,7 +17,7 @@ from skylift.errors import SpecError
 from skylift.home import skylift_home
 from skylift.spec import JobSpec, OptimizerSpec, spec_hash
 from skylift.train import checkpoint, plots
-from skylift.train.evaluate import as_input, evaluate_tensors
+from skylift.train.evaluation import as_input, evaluate_tensors
 from skylift.train.run import RunDir, new_run_id
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ def fit(
             logits_BC = model(x_NS.index_select(0, idx_B))
             loss = F.cross_entropy(logits_BC, y_N.index_select(0, idx_B), label_smoothing=t.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             loss_sum += loss.detach() * (hi - lo)
             if observer:
@@ -172,15 +172,18 @@ def fit(
             if dist.is_main:
                 checkpoint.save(run.best, {"model": model.state_dict(), "meta": {**meta, "epoch": epoch}})
         if dist.is_main:
-            checkpoint.save(run.last, {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "shuffle": gen.get_state()},
-                "history": history,
-                "best": best,
-                "best_epoch": best_epoch,
-                "meta": {**meta, "epoch": epoch},
-            })
+            checkpoint.save(
+                run.last,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": {"torch": torch.get_rng_state(), "shuffle": gen.get_state()},
+                    "history": history,
+                    "best": best,
+                    "best_epoch": best_epoch,
+                    "meta": {**meta, "epoch": epoch},
+                },
+            )
             run.write_metrics(history)
         if observer:
             observer.epoch(row)
@@ -220,7 +223,7 @@ def _finish(
         "checkpoint": str(run.best.relative_to(run.path)),
     }
     if test is not None:
-        from skylift.train.evaluate import evaluate_checkpoint_on
+        from skylift.train.evaluation import evaluate_checkpoint_on
 
         loss, rep = evaluate_checkpoint_on(checkpoint.load(run.best), test)
         summary["test"] = {"loss": loss, **rep.summary(), "n": rep.n, "confusion": rep.confusion.tolist()}

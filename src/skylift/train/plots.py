@@ -61,8 +61,15 @@ def confusion(cm: np.ndarray, classes: Sequence[str], path: Path, title: str = "
         ax.set_yticks(ticks, labels=list(classes))
         threshold = cm.max() / 2 if cm.size else 0
         for (t, p), count in np.ndenumerate(cm):
-            ax.text(p, t, str(count), ha="center", va="center", fontsize=8,
-                    color="white" if count > threshold else "black")
+            ax.text(
+                p,
+                t,
+                str(count),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if count > threshold else "black",
+            )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)

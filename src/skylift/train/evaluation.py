@@ -63,7 +63,9 @@ def model_from_checkpoint(state: dict[str, Any]) -> torch.nn.Module:
     from skylift.spec import ModelSpec
 
     meta = state["meta"]
-    model = build_model(ModelSpec.model_validate(meta["model"]), tuple(meta["input_shape"]), len(meta["classes"]))
+    model = build_model(
+        ModelSpec.model_validate(meta["model"]), tuple(meta["input_shape"]), len(meta["classes"])
+    )
     model.load_state_dict(state["model"])
     model.eval()
     return model
@@ -100,7 +102,9 @@ class Evaluation:
     report: ClassificationReport
 
 
-def evaluate(target: str, source: str, *, label_column: str = "label", home: Path | str | None = None) -> Evaluation:
+def evaluate(
+    target: str, source: str, *, label_column: str = "label", home: Path | str | None = None
+) -> Evaluation:
     """Evaluate a run's best checkpoint (or a checkpoint file) on every row of a data source."""
     from skylift.data import read_source
 
