@@ -19,7 +19,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from skylift.cli import _train
+    from skylift.cli import _models, _train
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", help="skylift home folder (default: $SKYLIFT_HOME or ~/.skylift)")
@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"skylift {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
     _train.add_commands(sub, common)
+    _models.add_commands(sub, common)
     return p
 
 

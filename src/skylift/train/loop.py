@@ -136,6 +136,8 @@ def fit(
 
     n = len(y_N)
     bounds = _batch_bounds(n, t.batch_size)
+    step_rows_S = torch.tensor([hi - lo for lo, hi in bounds], dtype=torch.float64)
+    step_loss_S = torch.empty(len(bounds))
     first_epoch = len(history) + 1
     if observer:
         observer.start(run.run_id, first_epoch, t.epochs, n)
@@ -144,22 +146,21 @@ def fit(
         tick = time.perf_counter()
         model.train()
         perm_N = torch.randperm(n, generator=gen)
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        for lo, hi in bounds:
+        for step, (lo, hi) in enumerate(bounds):
             idx_B = perm_N[lo:hi]
             logits_BC = model(x_NS.index_select(0, idx_B))
             loss = F.cross_entropy(logits_BC, y_N.index_select(0, idx_B), label_smoothing=t.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
-            loss_sum += loss.detach() * (hi - lo)
+            step_loss_S[step] = loss.detach()  # a copy, no sync: .item() per step would cost more
             if observer:
                 observer.step(hi - lo)
         seconds = time.perf_counter() - tick
         val_loss, val = evaluate_tensors(model, xv_NS, yv_N, len(classes))
         row = {
             "epoch": epoch,
-            "loss": float(loss_sum) / n,
+            "loss": float((step_loss_S.double() * step_rows_S).sum()) / n,
             "val_loss": val_loss,
             **val.summary("val_"),
             "lr": optimizer.param_groups[0]["lr"],
