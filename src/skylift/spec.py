@@ -127,6 +127,10 @@ class DistributedSpec(_Frozen):
     """HOST:PORT of the c10d rendezvous for multi-node jobs."""
     max_restarts: int = Field(default=3, ge=0)
     """Times the elastic agent restarts dead workers before giving up."""
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """Collective backend: auto = NCCL when CUDA is present, else gloo."""
+    sync_batchnorm: bool = False
+    """Batch norm statistics over the global batch (SyncBatchNorm; CUDA only). Default: per rank."""
 
     @field_validator("workers", mode="before")
     @classmethod

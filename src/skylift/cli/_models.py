@@ -1,10 +1,237 @@
-"""`skylift models` and `skylift keys` (placeholder until the registry lands)."""
+"""`skylift models ...` (the registry) and `skylift keys master-create`."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from skylift.errors import SpecError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from skylift.registry import Registry
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    return None
+    key = argparse.ArgumentParser(add_help=False)
+    key.add_argument(
+        "--key-file",
+        metavar="PATH",
+        help="master key file for encrypted models (default: $SKYLIFT_MASTER_KEY)",
+    )
+    shared = [common, key]
+
+    m = sub.add_parser("models", parents=[common], help="the model registry: list, show, promote, export ...")
+    ms = m.add_subparsers(dest="models_command", metavar="ACTION", parser_class=type(m), required=True)
+
+    p = ms.add_parser("list", parents=shared, help="every model with its versions and aliases")
+    p.set_defaults(run=_list)
+
+    p = ms.add_parser("show", parents=shared, help="signature, metrics, lineage, files and hashes")
+    p.add_argument("ref", help="NAME, NAME:VERSION or NAME@ALIAS")
+    p.set_defaults(run=_show)
+
+    p = ms.add_parser("promote", parents=shared, help="point an alias (production, staging, ...) at a version")
+    p.add_argument("ref", help="the version, e.g. mnist-mlp:3 (or mnist-mlp@staging)")
+    p.add_argument("alias", help="alias name, e.g. production")
+    p.set_defaults(run=_promote)
+
+    p = ms.add_parser("delete", parents=shared, help="delete a version (refused while an alias points at it)")
+    p.add_argument("ref", help="NAME:VERSION")
+    p.add_argument("--force", action="store_true", help="delete even if aliases point at it (drops them)")
+    p.set_defaults(run=_delete)
+
+    p = ms.add_parser("verify", parents=shared, help="re-hash every file of a version against its manifest")
+    p.add_argument("ref", help="NAME, NAME:VERSION or NAME@ALIAS")
+    p.set_defaults(run=_verify)
+
+    p = ms.add_parser("register", parents=shared, help="register a run's best checkpoint as a new version")
+    p.add_argument("target", help="run id, run folder or checkpoint file")
+    p.add_argument("--name", help="model name (default: the name in the checkpoint's spec)")
+    p.set_defaults(run=_register)
+
+    p = ms.add_parser("export", parents=shared, help="write a version as ONNX or TorchScript")
+    p.add_argument("ref", help="NAME, NAME:VERSION or NAME@ALIAS")
+    p.add_argument("--format", dest="fmt", required=True, choices=["onnx", "torchscript"])
+    p.add_argument("--output", required=True, help="output file (or a folder for NAME-VERSION.onnx|.pt)")
+    p.set_defaults(run=_export)
+
+    k = sub.add_parser("keys", parents=[common], help="master keys for encryption at rest")
+    ks = k.add_subparsers(dest="keys_command", metavar="ACTION", parser_class=type(k), required=True)
+    p = ks.add_parser("master-create", parents=[common], help="write a new master key file (mode 0600)")
+    p.add_argument("path", help="where to write the key; an existing file is never overwritten")
+    p.set_defaults(run=_master_create)
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console()
+
+
+def _registry(args: argparse.Namespace) -> Registry:
+    from skylift.home import skylift_home
+    from skylift.registry import Registry
+    from skylift.security import master_key_from_env
+
+    return Registry(skylift_home(args.home), master_key_from_env(args.key_file))
+
+
+def _list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    registry = _registry(args)
+    entries = registry.list()
+    console = _console()
+    if not entries:
+        console.print(f"no models registered in {registry.root}")
+        return 0
+    table = Table("name", "latest", "versions", "aliases")
+    for e in entries:
+        aliases = ", ".join(f"{a} -> {v}" for a, v in sorted(e.aliases.items()))
+        versions = ", ".join(str(v) for v in e.versions[-8:])
+        table.add_row(e.name, str(e.latest), versions if len(e.versions) <= 8 else f"..., {versions}", aliases)
+    console.print(table)
+    return 0
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _architecture(model: dict[str, Any]) -> str:
+    if model.get("factory"):
+        return f"factory {model['factory']}"
+    return f"{len(model.get('layers') or [])} declarative layers"
+
+
+def _show(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    info = _registry(args).info(args.ref)
+    sig = info["signature"]
+    overview = Table("field", "value", title=info["ref"], title_justify="left", show_header=False)
+    rows = [
+        ("created", info.get("created", "?")),
+        ("aliases", ", ".join(info["aliases"]) or "-"),
+        ("architecture", _architecture(info.get("architecture", {}).get("model", {}))),
+        ("input", f"{sig['inputs'][0]['name']} {sig['inputs'][0]['datatype']} {sig['inputs'][0]['shape']}"),
+        ("output", f"{sig['outputs'][0]['name']} {sig['outputs'][0]['datatype']} {sig['outputs'][0]['shape']}"),
+        ("classes", ", ".join(str(c) for c in sig["classes"])),
+        ("encrypted", "yes (AES-256-GCM)" if info.get("encrypted") else "no"),
+        ("size", f"{info['size_bytes']:,} bytes"),
+        ("path", info["path"]),
+    ]
+    for name, value in rows:
+        overview.add_row(name, str(value))
+    tables = [overview]
+    for title in ("metrics", "lineage"):
+        if info.get(title):
+            t = Table("name", "value", title=title, title_justify="left")
+            for name, value in info[title].items():
+                t.add_row(name, _fmt(value))
+            tables.append(t)
+    files = Table("file", "bytes", "sha256", title="files", title_justify="left")
+    for name, entry in sorted(info["files"].items()):
+        files.add_row(name, f"{entry['size']:,}", entry["sha256"])
+    tables.append(files)
+    console = _console()
+    for table in tables:
+        console.print(table)
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    name, version = registry.resolve(args.ref)
+    before = registry.promote(name, version, args.alias)
+    was = f" (was {name}:{before})" if before is not None and before != version else ""
+    _console().print(f"{name}@{args.alias} -> {name}:{version}{was}")
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    from skylift.registry import parse_ref
+
+    ref = parse_ref(args.ref)
+    if ref.version is None:
+        raise SpecError(f"delete needs an explicit version like {ref.name}:1, got {args.ref!r}")
+    dropped = _registry(args).delete(ref.name, ref.version, force=args.force)
+    console = _console()
+    console.print(f"deleted {ref}")
+    for alias in dropped:
+        console.print(f"dropped alias {ref.name}@{alias}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    name, version = registry.resolve(args.ref)
+    problems = registry.verify(f"{name}:{version}")
+    console = _console()
+    if not problems:
+        console.print(f"OK {name}:{version}", highlight=False)
+        return 0
+    console.print(f"{name}:{version}: {len(problems)} problem{'s' * (len(problems) > 1)}", highlight=False)
+    for line in problems:
+        console.print(f"  {line}", highlight=False, markup=False)
+    return 1
+
+
+def _run_summary(checkpoint: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The summary.json of the run that wrote `checkpoint`, if it is that run's best checkpoint."""
+    run = checkpoint.resolve().parent.parent
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("run_id") != meta.get("run_id"):
+        return None
+    recorded = run / str(summary.get("checkpoint", ""))
+    return summary if recorded.resolve() == checkpoint.resolve() else None
+
+
+def _register(args: argparse.Namespace) -> int:
+    from skylift.home import skylift_home
+    from skylift.registry import run_metadata
+    from skylift.train.checkpoint import load
+    from skylift.train.evaluation import resolve_checkpoint
+
+    registry = _registry(args)
+    path = resolve_checkpoint(args.target, skylift_home(args.home))
+    state = load(path)
+    meta = dict(state["meta"])
+    name = args.name or meta.get("name")
+    if not name:
+        raise SpecError(f"{path}: the checkpoint records no model name; pass --name")
+    summary = _run_summary(path, meta)
+    metrics, lineage = run_metadata(summary) if summary else ({}, {})
+    version = registry.register(str(name), state["model"], meta, metrics, lineage)
+    encrypted = " (encrypted)" if registry.encrypts else ""
+    _console().print(f"registered {version.ref}{encrypted} from {path}", highlight=False)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    out = _registry(args).export(args.ref, args.fmt, Path(args.output))
+    _console().print(f"wrote {out} ({args.fmt}, {out.stat().st_size:,} bytes)", highlight=False)
+    return 0
+
+
+def _master_create(args: argparse.Namespace) -> int:
+    from skylift.security import create_master_key_file
+
+    key = create_master_key_file(args.path)
+    console = _console()
+    console.print(f"wrote master key {args.path} (mode 0600, key id {key.key_id})", highlight=False)
+    console.print(
+        "keep it safe: encrypted models cannot be loaded without it. Use it with --key-file "
+        f"{args.path} or SKYLIFT_MASTER_KEY=$(cat {args.path})",
+        highlight=False,
+    )
+    return 0

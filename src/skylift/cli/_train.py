@@ -23,6 +23,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     t.add_argument("--run-id", help="name of the run folder; an existing run with the same spec resumes")
     t.add_argument("--resume", metavar="RUN_ID", help="continue RUN_ID from its last checkpoint")
+    _placement_args(t)
     t.set_defaults(run=_train)
 
     q = sub.add_parser(
@@ -31,6 +32,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         help="train the MNIST-style MLP on built-in digits and report its metrics",
     )
     q.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
+    _placement_args(q, single_node=True)
     q.set_defaults(run=_quickstart)
 
     e = sub.add_parser("evaluate", parents=[common], help="metrics of a trained model on a data source")
@@ -41,6 +43,32 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     e.set_defaults(run=_evaluate)
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def _workers(text: str) -> int | str:
+    return "auto" if text == "auto" else _positive(text)
+
+
+def _placement_args(p: argparse.ArgumentParser, single_node: bool = False) -> None:
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N|auto",
+        help="data-parallel worker processes on this node (default: the spec's, auto)",
+    )
+    if single_node:
+        return
+    p.add_argument("--nnodes", type=_positive, help="machines taking part (default: the spec's, 1)")
+    p.add_argument(
+        "--node-rank", type=int, default=0, help="this machine's index; node 0 hosts the rendezvous"
+    )
+    p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="c10d rendezvous address, same on every node")
+
+
 def _console() -> Any:
     from rich.console import Console
 
@@ -48,15 +76,30 @@ def _console() -> Any:
 
 
 def _run_training(spec: Any, args: argparse.Namespace, run_id: str | None) -> Any:
-    from skylift.cli._display import TrainDisplay
-    from skylift.train import fit
+    from skylift.train.launch import launch, place
+    from skylift.train.progress import TrainDisplay
 
     console = _console()
-    display = TrainDisplay(console)
+    placement = place(
+        spec,
+        args.workers,
+        getattr(args, "nnodes", None),
+        getattr(args, "node_rank", 0),
+        getattr(args, "rdzv_endpoint", None),
+    )
+    if placement.reason:
+        console.print(placement.reason)
+    if placement.workers * placement.nnodes > 1:
+        console.print(f"training with {placement.workers} worker(s) x {placement.nnodes} node(s)")
+    display = TrainDisplay(console) if placement.workers == 1 and placement.nnodes == 1 else None
     try:
-        result = fit(spec, home=args.home, run_id=run_id, observer=display)
+        result = launch(spec, placement, home=args.home, run_id=run_id, observer=display, progress=True)
     finally:
-        display.close()
+        if display:
+            display.close()
+    if result is None:
+        console.print("done (this node does not hold the run folder: rank 0 writes it)")
+        return None
     s = result.summary
     console.print(
         f"best epoch {s['best_epoch']} by {s['monitor']}: "

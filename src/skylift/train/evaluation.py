@@ -37,24 +37,34 @@ def as_input(ds: Dataset, input_shape: tuple[int, ...]) -> tuple[torch.Tensor, t
     return x_NS, torch.from_numpy(ds.y)
 
 
-def evaluate_tensors(
-    model: torch.nn.Module, x_NS: torch.Tensor, y_N: torch.Tensor, n_classes: int
-) -> tuple[float, ClassificationReport]:
-    """Mean cross-entropy and the confusion-matrix report of `model` in eval mode."""
+def eval_sums(model: torch.nn.Module, x_NS: torch.Tensor, y_N: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """float64 [loss sum, confusion counts C*C...] of `model` in eval mode: sums, so ranks add up exactly."""
     import torch
     import torch.nn.functional as F
 
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    cm_CC = torch.zeros(n_classes * n_classes, dtype=torch.int64)
+    sums = torch.zeros(1 + n_classes * n_classes, dtype=torch.float64, device=x_NS.device)
     with torch.no_grad():
         for lo in range(0, len(y_N), EVAL_BATCH_ROWS):
             y_B = y_N[lo : lo + EVAL_BATCH_ROWS]
             logits_BC = model(x_NS[lo : lo + EVAL_BATCH_ROWS])
-            loss_sum += F.cross_entropy(logits_BC, y_B, reduction="sum").double()
-            cm_CC += torch.bincount(y_B * n_classes + logits_BC.argmax(1), minlength=n_classes * n_classes)
-    n = max(len(y_N), 1)
-    return float(loss_sum) / n, report(cm_CC.reshape(n_classes, n_classes).numpy())
+            sums[0] += F.cross_entropy(logits_BC, y_B, reduction="sum").double()
+            cells_B = y_B * n_classes + logits_BC.argmax(1)
+            sums[1:] += torch.bincount(cells_B, minlength=n_classes * n_classes).double()
+    return sums
+
+
+def sums_to_report(sums: torch.Tensor, n_classes: int) -> tuple[float, ClassificationReport]:
+    """(mean loss, report) from `eval_sums` output, possibly summed over ranks."""
+    cm_CC = sums[1:].round().long().reshape(n_classes, n_classes).cpu().numpy()
+    return float(sums[0]) / max(int(cm_CC.sum()), 1), report(cm_CC)
+
+
+def evaluate_tensors(
+    model: torch.nn.Module, x_NS: torch.Tensor, y_N: torch.Tensor, n_classes: int
+) -> tuple[float, ClassificationReport]:
+    """Mean cross-entropy and the confusion-matrix report of `model` in eval mode."""
+    return sums_to_report(eval_sums(model, x_NS, y_N, n_classes), n_classes)
 
 
 def model_from_checkpoint(state: dict[str, Any]) -> torch.nn.Module:

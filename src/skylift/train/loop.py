@@ -11,17 +11,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
+
 from skylift import _atomic
 from skylift.dist import DistInfo
 from skylift.errors import SpecError
 from skylift.home import skylift_home
 from skylift.spec import JobSpec, OptimizerSpec, spec_hash
-from skylift.train import checkpoint, plots
-from skylift.train.evaluation import as_input, evaluate_tensors
+from skylift.train import checkpoint, parallel, plots
+from skylift.train.evaluation import as_input, eval_sums, sums_to_report
 from skylift.train.run import RunDir, new_run_id
 
 if TYPE_CHECKING:
     import torch
+
+    from skylift.data import Splits
 
 
 class TrainObserver(Protocol):
@@ -52,10 +56,11 @@ def _optimizer(params: Any, opt: OptimizerSpec) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
 
 
-def _batch_bounds(n: int, batch: int) -> list[tuple[int, int]]:
-    """[start, stop) of each batch; a final batch of one row joins the one before (batch norm needs 2)."""
+def _batch_bounds(n: int, batch: int, world: int = 1) -> list[tuple[int, int]]:
+    """[start, stop) of each global batch; a final batch too small to give every worker 2 rows
+    (batch norm needs 2) joins the one before."""
     bounds = [(i, min(i + batch, n)) for i in range(0, n, batch)]
-    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < 2 * world:
         bounds[-2:] = [(bounds[-2][0], n)]
     return bounds
 
@@ -83,6 +88,21 @@ def _prepare_run(spec: JobSpec, home: Path, run_id: str | None) -> tuple[RunDir,
     return run, None
 
 
+def setup(spec: JobSpec) -> tuple[Splits, tuple[int, ...], torch.nn.Module]:
+    """Load the data and build the seeded model; raises DataError/SpecError on any problem."""
+    import torch
+
+    from skylift.data import load_splits
+    from skylift.models import build_model
+
+    splits = load_splits(spec.data, seed=spec.train.seed)
+    input_shape = tuple(spec.model.input_shape or splits.train.sample_shape)
+    torch.manual_seed(spec.train.seed)
+    net = build_model(spec.model, input_shape, len(splits.train.classes))
+    as_input(splits.train.subset(np.arange(1)), input_shape)  # element counts must match
+    return splits, input_shape, net
+
+
 def fit(
     spec: JobSpec,
     *,
@@ -91,39 +111,48 @@ def fit(
     observer: TrainObserver | None = None,
     dist: DistInfo | None = None,
 ) -> TrainResult:
-    """Train `spec` into runs/<run_id>/; an existing run with the same spec resumes from last.pt."""
+    """Train `spec` into runs/<run_id>/; an existing run with the same spec resumes from last.pt.
+
+    With `dist.world_size > 1` (a process group already joined, see `train.worker`) every rank
+    calls this with the same run id; each trains on its slice of every global batch, DDP averages
+    the gradients, validation sums are all-reduced, and only rank 0 writes files.
+    """
     import torch
     import torch.nn.functional as F
 
-    from skylift.data import load_splits
-    from skylift.models import build_model, count_parameters
+    from skylift.models import count_parameters
 
     dist = dist or DistInfo()
     home = skylift_home(home)
     t = spec.train
     if t.threads:
         torch.set_num_threads(t.threads)
-    splits = load_splits(spec.data, seed=t.seed)  # validate data before touching the run folder
+    splits, input_shape, net = setup(spec)  # validate data and model before touching the run folder
     classes = splits.train.classes
-    input_shape = tuple(spec.model.input_shape or splits.train.sample_shape)
-    torch.manual_seed(t.seed)
-    model = build_model(spec.model, input_shape, len(classes))
-    x_NS, y_N = as_input(splits.train, input_shape)
-    xv_NS, yv_N = as_input(splits.val, input_shape)
-    optimizer = _optimizer(model.parameters(), t.optimizer)
-    run, state = _prepare_run(spec, home, run_id)
+    net = net.to(dist.device)
+    x_NS, y_N = (a.to(dist.device) for a in as_input(splits.train, input_shape))
+    val = parallel.my_slice(len(splits.val), dist)  # each rank scores its part; sums add up exactly
+    xv_NS, yv_N = (a[val].to(dist.device) for a in as_input(splits.val, input_shape))
+    optimizer = _optimizer(net.parameters(), t.optimizer)
+    if dist.is_main:
+        run, state = _prepare_run(spec, home, run_id)
+    else:
+        run, state = RunDir.under(home, run_id or ""), None
+    state = parallel.broadcast_state(state, dist)
 
     gen = torch.Generator().manual_seed(t.seed)
     history: list[dict[str, Any]] = []
     best: float | None = None
     best_epoch: int | None = None
     if state is not None:
-        model.load_state_dict(state["model"])
+        net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
         gen.set_state(state["rng"]["shuffle"])
         history, best, best_epoch = state["history"], state["best"], state["best_epoch"]
-        run.write_metrics(history)  # a crash may have come between last.pt and metrics.jsonl
+        if dist.is_main:
+            run.write_metrics(history)  # a crash may have come between last.pt and metrics.jsonl
+    model = parallel.wrap(net, dist, spec.distributed.sync_batchnorm) if dist.distributed else net
     meta = {
         "model": spec.model.model_dump(mode="json"),
         "input_shape": list(input_shape),
@@ -135,9 +164,8 @@ def fit(
     }
 
     n = len(y_N)
-    bounds = _batch_bounds(n, t.batch_size)
-    step_rows_S = torch.tensor([hi - lo for lo, hi in bounds], dtype=torch.float64)
-    step_loss_S = torch.empty(len(bounds))
+    bounds = _batch_bounds(n, t.batch_size, dist.world_size)
+    step_loss_S = torch.empty(len(bounds), device=dist.device)
     first_epoch = len(history) + 1
     if observer:
         observer.start(run.run_id, first_epoch, t.epochs, n)
@@ -145,24 +173,31 @@ def fit(
     for epoch in range(first_epoch, t.epochs + 1):
         tick = time.perf_counter()
         model.train()
-        perm_N = torch.randperm(n, generator=gen)
+        perm_N = torch.randperm(n, generator=gen).to(dist.device)
         for step, (lo, hi) in enumerate(bounds):
-            idx_B = perm_N[lo:hi]
-            logits_BC = model(x_NS.index_select(0, idx_B))
-            loss = F.cross_entropy(logits_BC, y_N.index_select(0, idx_B), label_smoothing=t.label_smoothing)
+            idx_b = perm_N[lo:hi][parallel.my_slice(hi - lo, dist)]
+            logits_bC = model(x_NS.index_select(0, idx_b))
+            loss_sum = F.cross_entropy(
+                logits_bC, y_N.index_select(0, idx_b), reduction="sum", label_smoothing=t.label_smoothing
+            )
+            # DDP averages gradients over ranks; scaling by world/B makes that the global batch mean
+            # even when the ranks' slices differ by a row.
+            loss = loss_sum * (dist.world_size / (hi - lo))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
-            step_loss_S[step] = loss.detach()  # a copy, no sync: .item() per step would cost more
+            step_loss_S[step] = loss_sum.detach()  # a copy, no sync: .item() per step would cost more
             if observer:
                 observer.step(hi - lo)
         seconds = time.perf_counter() - tick
-        val_loss, val = evaluate_tensors(model, xv_NS, yv_N, len(classes))
+        sums = eval_sums(net, xv_NS, yv_N, len(classes))
+        totals = parallel.all_reduce_sum(torch.cat([sums, step_loss_S.sum().double().view(1)]), dist)
+        val_loss, val_report = sums_to_report(totals[:-1], len(classes))
         row = {
             "epoch": epoch,
-            "loss": float((step_loss_S.double() * step_rows_S).sum()) / n,
+            "loss": float(totals[-1]) / n,
             "val_loss": val_loss,
-            **val.summary("val_"),
+            **val_report.summary("val_"),
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": round(seconds, 4),
             "samples_per_s": round(n / seconds, 1),
@@ -171,12 +206,12 @@ def fit(
         if _improved(row[t.checkpoint.monitor], best, t.checkpoint.mode):
             best, best_epoch = row[t.checkpoint.monitor], epoch
             if dist.is_main:
-                checkpoint.save(run.best, {"model": model.state_dict(), "meta": {**meta, "epoch": epoch}})
+                checkpoint.save(run.best, {"model": net.state_dict(), "meta": {**meta, "epoch": epoch}})
         if dist.is_main:
             checkpoint.save(
                 run.last,
                 {
-                    "model": model.state_dict(),
+                    "model": net.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "rng": {"torch": torch.get_rng_state(), "shuffle": gen.get_state()},
                     "history": history,
@@ -189,11 +224,13 @@ def fit(
         if observer:
             observer.epoch(row)
 
+    if not dist.is_main:
+        return TrainResult(run.run_id, run.path, {}, history)
     summary = _finish(run, spec, splits.test, history, best_epoch, meta, time.perf_counter() - started)
-    summary["parameters"] = count_parameters(model)
-    if dist.is_main:
-        _atomic.write_json(run.summary, summary)
-        plots.curves(history, run.curves, best_epoch)
+    summary["parameters"] = count_parameters(net)
+    summary["workers"] = dist.world_size
+    _atomic.write_json(run.summary, summary)
+    plots.curves(history, run.curves, best_epoch)
     return TrainResult(run.run_id, run.path, summary, history)
 
 

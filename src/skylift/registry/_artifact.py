@@ -1,0 +1,256 @@
+"""One version's files: built from weights + metadata, and read back verified, decrypted and rebuilt.
+
+Plain and encrypted versions share every step but one: the weights' bytes pass through
+`security.encrypt` / `security.decrypt` (associated data: name, version, file name) or not.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from skylift import __version__
+from skylift.errors import AuthError, IntegrityError, SpecError
+from skylift.registry import _manifest
+from skylift.security import MasterKey, decrypt, encrypt
+
+if TYPE_CHECKING:
+    from torch import nn
+
+WEIGHTS = "model.safetensors"
+WEIGHTS_ENC = WEIGHTS + ".enc"
+MODEL_JSON = "model.json"
+FORMAT = 1  # layout version of model.json; bump on an incompatible change
+
+
+def associated_data(name: str, version: int, file: str) -> bytes:
+    """Binds a sealed file to its place: copied to another model, version or file name, it fails to open."""
+    return json.dumps(["skylift-registry", name, version, file], separators=(",", ":")).encode()
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
+def prepare_weights(state_dict: Mapping[str, Any]) -> bytes:
+    """safetensors bytes of a state dict: contiguous CPU tensors, tensors sharing memory copied apart."""
+    import torch
+    from safetensors.torch import save
+
+    tensors: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise SpecError(f"state dict entry {key!r} is a {type(value).__name__}, expected a tensor")
+        t = value.detach().cpu().contiguous()
+        if t.numel() and t.untyped_storage().data_ptr() in storages:  # tied weights: safetensors
+            t = t.clone()  # refuses tensors that share memory; load_state_dict re-ties them
+        storages.add(t.untyped_storage().data_ptr())
+        tensors[str(key)] = t
+    if not tensors:
+        raise SpecError("the state dict holds no tensors")
+    return bytes(save(tensors, metadata={"format": "pt"}))
+
+
+def check_metadata(meta: Mapping[str, Any], metrics: Mapping[str, Any], lineage: Mapping[str, Any]) -> None:
+    """SpecError unless `meta` is a skylift checkpoint's meta and metrics/lineage are plain JSON data."""
+    for field in ("model", "input_shape", "classes"):
+        if field not in meta:
+            raise SpecError(f"model metadata lacks {field!r} (expected a skylift checkpoint's 'meta')")
+    shape = meta["input_shape"]
+    if (
+        not isinstance(shape, list | tuple)
+        or not shape
+        or not all(isinstance(d, int) and d > 0 for d in shape)
+    ):
+        raise SpecError(f"model metadata 'input_shape' must be a list of positive sizes, got {shape!r}")
+    if not isinstance(meta["classes"], list | tuple) or not meta["classes"]:
+        raise SpecError("model metadata 'classes' must be a non-empty list of class labels")
+    try:
+        json.dumps([meta["model"], list(meta["classes"]), dict(metrics), dict(lineage)], allow_nan=True)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"model metadata, metrics and lineage must be plain JSON data ({exc})") from None
+
+
+def _model_json(
+    name: str,
+    version: int,
+    meta: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    lineage: Mapping[str, Any],
+    files: Mapping[str, int],
+    key: MasterKey | None,
+) -> dict[str, Any]:
+    classes = list(meta["classes"])
+    info: dict[str, Any] = {
+        "format": FORMAT,
+        "skylift_version": __version__,
+        "name": name,
+        "version": version,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "architecture": {"model": meta["model"]},
+        "signature": {
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *meta["input_shape"]]}],
+            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, len(classes)]}],
+            "classes": classes,
+        },
+        "metrics": dict(metrics),
+        "lineage": {
+            "run_id": meta.get("run_id"),
+            "spec_hash": meta.get("spec_hash"),
+            "data_hash": meta.get("data_hash"),
+            **({"epoch": meta["epoch"]} if "epoch" in meta else {}),
+            **lineage,
+        },
+        "encrypted": key is not None,
+        "files": dict(files),
+    }
+    if key is not None:
+        info["encryption"] = {"algorithm": "AES-256-GCM", "key_id": key.key_id}
+    return info
+
+
+def build_files(
+    name: str,
+    version: int,
+    weights: bytes,
+    meta: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    lineage: Mapping[str, Any],
+    key: MasterKey | None,
+) -> dict[str, bytes]:
+    """Every file of the version folder, MANIFEST.json included, as bytes ready to write.
+
+    `weights` comes from `prepare_weights` and the metadata passed `check_metadata`.
+    """
+    file = WEIGHTS_ENC if key is not None else WEIGHTS
+    stored = encrypt(key, weights, associated_data(name, version, file)) if key is not None else weights
+    info = _model_json(name, version, meta, metrics, lineage, {file: len(stored)}, key)
+    blobs = {file: stored, MODEL_JSON: _json_bytes(info)}
+    manifest = _manifest.build(blobs)
+    if key is not None:
+        payload = _manifest.mac_payload(name, version, manifest["files"])
+        manifest["mac"] = key.mac(payload, _manifest.MAC_PURPOSE)
+    return {**blobs, _manifest.MANIFEST: _json_bytes(manifest)}
+
+
+def read_info(folder: Path, where: str) -> dict[str, Any]:
+    """model.json of a version folder (not verified; `show` and `list` use it)."""
+    try:
+        info = json.loads((folder / MODEL_JSON).read_bytes())
+    except FileNotFoundError:
+        raise IntegrityError(f"{where}: {MODEL_JSON} is missing") from None
+    except (OSError, ValueError):
+        raise IntegrityError(f"{where}: {MODEL_JSON} is not readable JSON") from None
+    if not isinstance(info, dict):
+        raise IntegrityError(f"{where}: {MODEL_JSON} is not a JSON object")
+    return info
+
+
+def _raise_problems(where: str, found: list[str]) -> None:
+    if found:
+        more = f" (and {len(found) - 1} more problem{'s' * (len(found) > 2)})" if len(found) > 1 else ""
+        raise IntegrityError(f"{where}: {found[0]}{more}; run `skylift models verify {where}`")
+
+
+def check_identity(info: Mapping[str, Any], name: str, version: int) -> list[str]:
+    """model.json must describe the folder it sits in (catches whole files moved between versions)."""
+    if info.get("name") != name or info.get("version") != version:
+        return [f"{MODEL_JSON}: describes {info.get('name')}:{info.get('version')}, not {name}:{version}"]
+    file = WEIGHTS_ENC if info.get("encrypted") else WEIGHTS
+    if file not in info.get("files", {}):
+        return [f"{MODEL_JSON}: does not list the weights file {file}"]
+    return []
+
+
+def check_mac(
+    manifest: Mapping[str, Any], info: Mapping[str, Any], name: str, version: int, key: MasterKey
+) -> list[str]:
+    """An encrypted version's manifest MAC, under `key`: catches a rewritten model.json + manifest."""
+    expected = manifest.get("mac")
+    payload = _manifest.mac_payload(name, version, manifest["files"])
+    if not isinstance(expected, str) or not key.check_mac(payload, _manifest.MAC_PURPOSE, expected):
+        return [f"{_manifest.MANIFEST}: authentication failed (the manifest or model.json was rewritten)"]
+    return []
+
+
+def check_key(info: Mapping[str, Any], key: MasterKey | None, where: str) -> MasterKey:
+    """The key that opens this encrypted version; AuthError when none is given or it is another key."""
+    if key is None:
+        raise AuthError(
+            f"{where} is encrypted: set SKYLIFT_MASTER_KEY or pass --key-file with the key it was registered with"
+        )
+    want = str(info.get("encryption", {}).get("key_id", ""))
+    if want != key.key_id:
+        raise AuthError(f"{where} is encrypted with master key {want}, not with the given key {key.key_id}")
+    return key
+
+
+def read_verified(
+    folder: Path, name: str, version: int, key: MasterKey | None
+) -> tuple[dict[str, Any], bytes]:
+    """(model.json, plain safetensors bytes) after checking every file against the manifest.
+
+    Each file is read once: the bytes hashed are the bytes used, so nothing can change in between.
+    """
+    where = f"{name}:{version}"
+    try:
+        manifest = _manifest.read(folder)
+    except IntegrityError as exc:
+        raise IntegrityError(f"{where}: {exc}") from None
+    blobs: dict[str, bytes] = {}
+    for file in manifest["files"]:
+        if (folder / file).is_file():
+            blobs[file] = (folder / file).read_bytes()
+    _raise_problems(where, _manifest.problems(folder, manifest, blobs))
+    if MODEL_JSON not in blobs:
+        raise IntegrityError(f"{where}: {MODEL_JSON} is not in the manifest")
+    try:
+        info = json.loads(blobs[MODEL_JSON])
+    except ValueError:
+        raise IntegrityError(f"{where}: {MODEL_JSON} is not readable JSON") from None
+    _raise_problems(where, check_identity(info, name, version))
+    file = WEIGHTS_ENC if info["encrypted"] else WEIGHTS
+    weights = blobs[file]
+    if info["encrypted"]:
+        key = check_key(info, key, where)
+        _raise_problems(where, check_mac(manifest, info, name, version, key))
+        try:
+            weights = decrypt(key, weights, associated_data(name, version, file))
+        except IntegrityError as exc:
+            raise IntegrityError(f"{where}: {file}: {exc}") from None
+    return info, weights
+
+
+def build_module(info: Mapping[str, Any], weights: bytes, where: str) -> nn.Module:
+    """The model rebuilt from model.json's architecture (pure data) with the weights loaded, in eval mode."""
+    import torch
+    from pydantic import ValidationError
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    from skylift.models import build_model
+    from skylift.spec import ModelSpec
+
+    try:
+        spec = ModelSpec.model_validate(info["architecture"]["model"])
+        input_shape = tuple(int(d) for d in info["signature"]["inputs"][0]["shape"][1:])
+        n_classes = len(info["signature"]["classes"])
+    except (KeyError, IndexError, TypeError, ValueError, ValidationError):
+        raise IntegrityError(f"{where}: {MODEL_JSON} has no valid architecture and signature") from None
+    try:
+        state = load(weights)
+    except (SafetensorError, ValueError):
+        raise IntegrityError(f"{where}: the weights are not a valid safetensors file") from None
+    # Building initialises weights from the global RNG; a load must not shift the caller's seed.
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(spec, input_shape, n_classes)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else "mismatch"
+        raise IntegrityError(f"{where}: the weights do not fit the recorded architecture ({first})") from None
+    return model.eval()

@@ -1,0 +1,329 @@
+"""The registry on disk: immutable numbered versions, aliases, and the lock that orders writers."""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import difflib
+import fcntl
+import json
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from skylift import _atomic
+from skylift._atomic import _fsync_dir  # the rename of a whole version folder needs it too
+from skylift.errors import IntegrityError, ModelNotFound, SpecError
+from skylift.registry import _artifact, _manifest
+from skylift.registry._ref import ModelRef, check_alias, check_name, check_version, parse_ref
+from skylift.security import MasterKey
+
+if TYPE_CHECKING:
+    from torch import nn
+
+ALIASES = "aliases.json"
+_LOCK = ".lock"  # flock target; never replaced, so every writer locks the same inode
+_LAST = ".last_version"  # highest version ever claimed: numbers of deleted versions are never reused
+_VERSION_DIR = re.compile(r"[1-9][0-9]*")
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered version and its folder."""
+
+    name: str
+    version: int
+    path: Path
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def __str__(self) -> str:
+        return self.ref
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model name with its versions (ascending) and aliases (alias -> version)."""
+
+    name: str
+    versions: tuple[int, ...]
+    aliases: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def latest(self) -> int:
+        return self.versions[-1]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A verified model: `module` in eval mode on the CPU, `info` its model.json."""
+
+    module: nn.Module
+    info: dict[str, Any]
+    name: str
+    version: int
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    @property
+    def classes(self) -> list[Any]:
+        return list(self.info["signature"]["classes"])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.info["signature"]["inputs"][0]["shape"][1:])
+
+
+def _as_key(master_key: bytes | MasterKey | None) -> MasterKey | None:
+    if master_key is None or isinstance(master_key, MasterKey):
+        return master_key
+    return MasterKey(bytes(master_key))
+
+
+class Registry:
+    """Model versions under `home/registry/<name>/<version>/`, aliases in `<name>/aliases.json`.
+
+    Contract: a version folder appears whole (built in a hidden temp folder, then renamed) and is
+    never changed afterwards; a version number is never reused, even after a delete. Writers of one
+    name (register's number claim, promote, delete) serialise on an flock of `<name>/.lock`, so
+    concurrent processes are safe; readers take no lock. Every read of a model (`load`, `export`)
+    verifies MANIFEST.json first. With `master_key`, new versions store their weights AES-256-GCM
+    encrypted; loading an encrypted version needs the same key.
+    """
+
+    def __init__(self, home: Path | str, master_key: bytes | MasterKey | None = None) -> None:
+        self.root = Path(home) / "registry"
+        self._key = _as_key(master_key)
+
+    def __repr__(self) -> str:
+        return f"Registry({str(self.root)!r}, encrypts={self.encrypts})"
+
+    @property
+    def encrypts(self) -> bool:
+        """Whether new versions are stored encrypted (a master key was given)."""
+        return self._key is not None
+
+    # -- writers ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[Path]:
+        folder = self.root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield folder
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def _claim_version(self, name: str) -> int:
+        with self._locked(name) as folder:
+            try:
+                last = int((folder / _LAST).read_text().strip() or 0)
+            except (FileNotFoundError, ValueError):
+                last = 0
+            version = max([last, *self._versions(name)]) + 1
+            _atomic.write_text(folder / _LAST, f"{version}\n")
+        return version
+
+    def register(
+        self,
+        name: str,
+        state_dict: Mapping[str, Any],
+        meta: Mapping[str, Any],
+        metrics: Mapping[str, Any] | None = None,
+        lineage: Mapping[str, Any] | None = None,
+    ) -> ModelVersion:
+        """Store `state_dict` as the next version of `name`; `meta` is a skylift checkpoint's meta."""
+        check_name(name)
+        metrics, lineage = dict(metrics or {}), dict(lineage or {})
+        _artifact.check_metadata(meta, metrics, lineage)  # bad input changes nothing on disk
+        weights = _artifact.prepare_weights(state_dict)
+        version = self._claim_version(name)
+        files = _artifact.build_files(name, version, weights, meta, metrics, lineage, self._key)
+        folder = self.root / name
+        tmp = folder / f".tmp-{version}-{secrets.token_hex(4)}"
+        tmp.mkdir()
+        try:
+            for file, data in files.items():
+                _atomic.write_bytes(tmp / file, data)
+            os.rename(tmp, folder / str(version))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _fsync_dir(folder)
+        return ModelVersion(name, version, folder / str(version))
+
+    def promote(self, name: str, version: int, alias: str) -> int | None:
+        """Point `alias` at `name:version`; return the version it pointed at before (or None)."""
+        check_name(name)
+        check_version(version)
+        check_alias(alias)
+        self._need(name, version)
+        with self._locked(name) as folder:
+            self._need(name, version)
+            aliases = self._aliases(name)
+            before = aliases.get(alias)
+            aliases[alias] = version
+            _atomic.write_json(folder / ALIASES, aliases)
+        return before
+
+    def delete(self, name: str, version: int, force: bool = False) -> list[str]:
+        """Remove `name:version`; refused while an alias points at it unless `force` (which drops them).
+
+        Returns the aliases dropped.
+        """
+        check_name(name)
+        check_version(version)
+        self._need(name, version)
+        with self._locked(name) as folder:
+            self._need(name, version)
+            aliases = self._aliases(name)
+            pointing = sorted(a for a, v in aliases.items() if v == version)
+            if pointing and not force:
+                raise SpecError(
+                    f"{name}:{version} is the target of alias {', '.join(pointing)}: promote another "
+                    "version first, or delete with --force to drop the alias too"
+                )
+            if pointing:
+                _atomic.write_json(folder / ALIASES, {a: v for a, v in aliases.items() if v != version})
+            # Rename first: readers then see the version either whole or gone, never half-deleted.
+            trash = folder / f".deleted-{version}-{secrets.token_hex(4)}"
+            os.rename(folder / str(version), trash)
+            _fsync_dir(folder)
+            shutil.rmtree(trash)
+        return pointing
+
+    # -- readers ---------------------------------------------------------------------------
+
+    def _versions(self, name: str) -> builtins.list[int]:
+        folder = self.root / name
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.name) for p in folder.iterdir() if _VERSION_DIR.fullmatch(p.name) and p.is_dir())
+
+    def _aliases(self, name: str) -> dict[str, int]:
+        path = self.root / name / ALIASES
+        try:
+            raw = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            raise IntegrityError(f"{path} is not readable JSON") from None
+        if not isinstance(raw, dict) or not all(
+            isinstance(a, str) and isinstance(v, int) and not isinstance(v, bool) for a, v in raw.items()
+        ):
+            raise IntegrityError(f"{path} is malformed: expected {{alias: version}}")
+        return dict(raw)
+
+    def _need(self, name: str, version: int) -> None:
+        versions = self._versions(name)
+        if not versions:
+            raise ModelNotFound(self._unknown_name(name))
+        if version not in versions:
+            raise ModelNotFound(f"{name} has no version {version} (versions: {_ranges(versions)})")
+
+    def _unknown_name(self, name: str) -> str:
+        known = [e.name for e in self.list()]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ("" if known else "; the registry is empty")
+        return f"no model named {name!r} in {self.root}{hint}"
+
+    def list(self) -> builtins.list[ModelEntry]:
+        """Every model name that has at least one version, sorted by name."""
+        if not self.root.is_dir():
+            return []
+        entries = []
+        for folder in sorted(self.root.iterdir()):
+            with contextlib.suppress(SpecError):
+                versions = self._versions(check_name(folder.name))
+                if versions:
+                    entries.append(ModelEntry(folder.name, tuple(versions), self._aliases(folder.name)))
+        return entries
+
+    def resolve(self, ref: str | ModelRef) -> tuple[str, int]:
+        """(name, version) of a reference: NAME is the latest version, NAME@ALIAS follows the alias."""
+        r = parse_ref(ref) if isinstance(ref, str) else ref
+        versions = self._versions(r.name)
+        if not versions:
+            raise ModelNotFound(self._unknown_name(r.name))
+        if r.version is not None:
+            self._need(r.name, r.version)
+            return r.name, r.version
+        if r.alias is not None:
+            aliases = self._aliases(r.name)
+            if r.alias not in aliases:
+                known = ", ".join(sorted(aliases)) or "none"
+                raise ModelNotFound(f"{r.name} has no alias {r.alias!r} (aliases: {known})")
+            version = aliases[r.alias]
+            if version not in versions:
+                raise ModelNotFound(f"{r} points at version {version}, which no longer exists")
+            return r.name, version
+        return r.name, versions[-1]
+
+    def info(self, ref: str | ModelRef) -> dict[str, Any]:
+        """model.json plus `ref`, `aliases`, `path`, per-file size + SHA-256 and total `size_bytes`."""
+        name, version = self.resolve(ref)
+        folder = self.root / name / str(version)
+        info = _artifact.read_info(folder, f"{name}:{version}")
+        manifest = _manifest.read(folder)
+        info["ref"] = f"{name}:{version}"
+        info["aliases"] = sorted(a for a, v in self._aliases(name).items() if v == version)
+        info["path"] = str(folder)
+        info["files"] = {f: dict(e) for f, e in manifest["files"].items()}
+        info["size_bytes"] = sum(int(e["size"]) for e in manifest["files"].values())
+        return info
+
+    def verify(self, ref: str | ModelRef) -> builtins.list[str]:
+        """Every problem with a version's files (empty when all is well): re-hashes each file.
+
+        With the master key, an encrypted version is also authenticated and test-decrypted.
+        """
+        name, version = self.resolve(ref)
+        folder = self.root / name / str(version)
+        try:
+            manifest = _manifest.read(folder)
+        except IntegrityError as exc:
+            return [str(exc)]
+        found = _manifest.problems(folder, manifest)
+        if found:
+            return found
+        where = f"{name}:{version}"
+        info = _artifact.read_info(folder, where)
+        found = _artifact.check_identity(info, name, version)
+        if not found and info.get("encrypted") and self._key is not None:
+            key = _artifact.check_key(info, self._key, where)
+            found = _artifact.check_mac(manifest, name, version, key) or _artifact.check_decrypts(
+                folder, name, version, key
+            )
+        return found
+
+    def load(self, ref: str | ModelRef) -> LoadedModel:
+        """The verified model, rebuilt from model.json and its weights; IntegrityError names a bad file."""
+        name, version = self.resolve(ref)
+        folder = self.root / name / str(version)
+        info, weights = _artifact.read_verified(folder, name, version, self._key)
+        module = _artifact.build_module(info, weights, f"{name}:{version}")
+        return LoadedModel(module, info, name, version)
+
+    def export(
+        self, ref: str | ModelRef, fmt: Literal["onnx", "torchscript"] | str, output: Path | str
+    ) -> Path:
+        """Write the verified model as ONNX (dynamic batch) or TorchScript to `output`, atomically."""
+        from skylift.registry._export import export_model
+
+        return export_model(self.load(ref), fmt, Path(output))
+
+
+def _ranges(versions: builtins.list[int]) -> str:
+    shown = ", ".join(str(v) for v in versions[-10:])
+    return f"..., {shown}" if len(versions) > 10 else shown

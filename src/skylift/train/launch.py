@@ -1,0 +1,197 @@
+"""Launching a training job: one plain process, or N data-parallel workers under PyTorch's elastic agent."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from skylift.errors import SkyliftError, SpecError
+from skylift.home import skylift_home
+from skylift.spec import JobSpec, spec_hash
+from skylift.train.run import RunDir, check_run_id, new_run_id
+
+if TYPE_CHECKING:
+    from skylift.train.loop import TrainObserver, TrainResult
+
+# 1.6 ms: the smallest gloo all_reduce measured on this 2-core machine, whatever its size.
+SYNC_FLOOR_S = 1.6e-3
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a job runs: workers on this node, nodes, rendezvous, restarts."""
+
+    workers: int
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str | None = None
+    max_restarts: int = 3
+    reason: str = ""
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _step_seconds(spec: JobSpec, net: Any, x: Any, y: Any, rows: int, threads: int, steps: int = 12) -> float:
+    """Median seconds of a real training step (forward, backward, optimizer) at `rows` per step."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from skylift.train.loop import _optimizer
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = copy.deepcopy(net).train()
+        opt = _optimizer(model.parameters(), spec.train.optimizer)
+        times = []
+        for i in range(steps):
+            idx = torch.arange(i * rows, (i + 1) * rows) % len(y)
+            tick = time.perf_counter()
+            loss = F.cross_entropy(model(x.index_select(0, idx)), y.index_select(0, idx))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            times.append(time.perf_counter() - tick)
+        return sorted(times[2:])[len(times[2:]) // 2]  # skip warm-up steps
+    finally:
+        torch.set_num_threads(before)
+
+
+def choose_workers(spec: JobSpec, net: Any, x: Any, y: Any) -> tuple[int, str]:
+    """Workers for `workers: auto`, from a measured step time and the gradient-sync floor.
+
+    N workers pay off only when (step compute at 1 thread on B/N rows) + sync < the step of one
+    process using every core. The sync floor (1.6 ms on gloo here) does not shrink with size.
+    """
+    cores = _cores()
+    if cores < 2 or spec.train.batch_size < 4:
+        return 1, f"workers auto: 1 ({cores} core{'s' if cores > 1 else ''} / batch {spec.train.batch_size})"
+    batch = spec.train.batch_size
+    one = _step_seconds(spec, net, x, y, batch, threads=cores)
+    best, best_time = 1, one
+    for n in range(2, min(cores, batch // 2) + 1):
+        predicted = _step_seconds(spec, net, x, y, batch // n, threads=1) + SYNC_FLOOR_S
+        if predicted < 0.9 * best_time:  # 10%: not worth processes and rendezvous for less
+            best, best_time = n, predicted
+    return best, (
+        f"workers auto: {best} (one process: {one * 1e3:.1f} ms/step on {cores} cores; "
+        f"{best} worker{'s' if best > 1 else ''}: ~{best_time * 1e3:.1f} ms/step incl. "
+        f">= {SYNC_FLOOR_S * 1e3:.1f} ms gradient sync)"
+    )
+
+
+def place(
+    spec: JobSpec, workers: int | None, nnodes: int | None, node_rank: int, rdzv: str | None
+) -> Placement:
+    """Resolve the CLI/spec placement, measuring for `workers: auto`; raises SpecError when inconsistent."""
+    from skylift.train.evaluation import as_input
+    from skylift.train.loop import setup
+
+    d = spec.distributed
+    nnodes = nnodes or d.nnodes
+    rdzv = rdzv or d.rdzv_endpoint
+    if nnodes > 1 and not rdzv:
+        raise SpecError("multi-node training needs --rdzv-endpoint HOST:PORT (the same on every node)")
+    if not 0 <= node_rank < nnodes:
+        raise SpecError(f"--node-rank must be in [0, {nnodes - 1}], got {node_rank}")
+    splits, input_shape, net = setup(spec)  # validates data and model before any process starts
+    chosen: int | str = workers or d.workers
+    reason = ""
+    if chosen == "auto":
+        x, y = as_input(splits.train, input_shape)
+        chosen, reason = choose_workers(spec, net, x, y)
+    assert isinstance(chosen, int)
+    world = chosen * nnodes
+    if spec.train.batch_size < 2 * world:
+        raise SpecError(
+            f"train.batch_size {spec.train.batch_size} gives fewer than 2 rows per worker "
+            f"({world} workers; batch norm needs 2): use batch_size >= {2 * world}"
+        )
+    return Placement(chosen, nnodes, node_rank, rdzv, d.max_restarts, reason)
+
+
+def launch(
+    spec: JobSpec,
+    placement: Placement,
+    *,
+    home: Path | str | None = None,
+    run_id: str | None = None,
+    observer: TrainObserver | None = None,
+    progress: bool = False,
+) -> TrainResult | None:
+    """Run the job; returns the result on the node that holds rank 0's run folder, else None.
+
+    One worker on one node trains in this process. Otherwise the elastic agent starts the workers,
+    restarts them all (up to `max_restarts`) when one dies, and they resume from last.pt.
+    """
+    from skylift.train.loop import fit
+
+    home = skylift_home(home)
+    if placement.workers == 1 and placement.nnodes == 1:
+        return fit(spec, home=home, run_id=run_id, observer=observer)
+    if run_id is None:
+        # Every node must agree on the run id without talking first: derive it from what they share.
+        key = f"{placement.rdzv_endpoint}|{spec_hash(spec)}" if placement.nnodes > 1 else None
+        run_id = (
+            f"{spec.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}" if key else new_run_id(spec.name)
+        )
+    check_run_id(run_id)
+    with tempfile.TemporaryDirectory(prefix="skylift-launch-") as tmp:
+        spec_file = Path(tmp) / "spec.yaml"
+        spec_file.write_text(spec.to_yaml())
+        _agent(spec_file, run_id, home, placement, progress)
+    run = RunDir.under(home, run_id)
+    if not run.summary.is_file():
+        return None
+    from skylift.train.loop import TrainResult
+
+    history = [json.loads(line) for line in run.metrics.read_text().splitlines()]
+    return TrainResult(run_id, run.path, run.read_summary(), history)
+
+
+def _agent(spec_file: Path, run_id: str, home: Path, p: Placement, progress: bool) -> None:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    multi = p.nnodes > 1
+    config = LaunchConfig(
+        min_nodes=p.nnodes,
+        max_nodes=p.nnodes,
+        nproc_per_node=p.workers,
+        run_id=run_id,
+        rdzv_backend="c10d",
+        rdzv_endpoint=p.rdzv_endpoint if multi and p.rdzv_endpoint else "127.0.0.1:0",
+        # node 0 hosts the rendezvous store; the others connect to it
+        rdzv_configs={"is_host": p.node_rank == 0} if multi else {},
+        max_restarts=p.max_restarts,
+        monitor_interval=0.2,
+        start_method="spawn",
+    )
+    threads = max(1, _cores() // p.workers)  # split the cores so workers do not oversubscribe them
+    args = ["-m", "skylift.train.worker", "--spec", str(spec_file), "--run-id", run_id]
+    args += ["--home", str(home), "--threads", str(threads)] + (["--progress"] if progress else [])
+    try:
+        elastic_launch(config, sys.executable)(*args)
+    except SignalException:  # SIGTERM/SIGINT: the agent has already stopped every worker
+        raise KeyboardInterrupt from None
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        code = failure.exitcode
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        last = RunDir.under(home, run_id).last
+        kept = f"; last good checkpoint: {last}" if last.is_file() else ""
+        raise SkyliftError(
+            f"training failed: worker rank {rank} {how} after {p.max_restarts} restart(s){kept}"
+        ) from None

@@ -1,0 +1,106 @@
+"""Data parallelism inside one training job: process group, DDP wrapping, sharding, exact reductions.
+
+Shape legend: B global batch rows, b this rank's rows, C classes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from skylift.dist import DistInfo
+
+if TYPE_CHECKING:
+    import torch
+
+
+def init_from_env(backend: str) -> DistInfo:
+    """Join the process group the elastic agent described in RANK/WORLD_SIZE/LOCAL_RANK/MASTER_*.
+
+    The only place that reads those variables: everything below gets the returned DistInfo.
+    """
+    import torch
+    import torch.distributed as dist
+
+    rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    cuda = torch.cuda.is_available()
+    if backend == "auto":
+        backend = "nccl" if cuda else "gloo"
+    device = f"cuda:{local}" if cuda and backend == "nccl" else "cpu"
+    if device != "cpu":
+        torch.cuda.set_device(local)
+    dist.init_process_group(backend, timeout=timedelta(minutes=10))
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
+
+
+def shutdown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: torch.nn.Module, info: DistInfo, sync_batchnorm: bool) -> torch.nn.Module:
+    """DDP tuned for small models, where each collective costs as much as a whole step on CPU.
+
+    forward_sync_buffers=False: batch-norm running statistics stay per rank after the init sync
+    (rank 0's are checkpointed); the default would add a second collective per step (~1.7 ms on
+    gloo). One bucket: a single all_reduce per step instead of several.
+    """
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    if sync_batchnorm:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
+    param_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    return DistributedDataParallel(
+        model,
+        device_ids=[info.local_rank] if info.device != "cpu" else None,
+        forward_sync_buffers=False,
+        gradient_as_bucket_view=True,
+        bucket_cap_mb=max(25.0, param_mb + 1),
+    )
+
+
+def my_slice(rows: int, info: DistInfo) -> slice:
+    """This rank's contiguous part of `rows` items: disjoint, covering all, sizes differ by <= 1."""
+    return slice(info.rank * rows // info.world_size, (info.rank + 1) * rows // info.world_size)
+
+
+def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum `t` over ranks (in place); a no-op in a single process."""
+    if info.distributed:
+        import torch.distributed as dist
+
+        dist.all_reduce(t)
+    return t
+
+
+def broadcast_state(state: dict[str, Any] | None, info: DistInfo) -> dict[str, Any] | None:
+    """Rank 0's checkpoint dict (or None) on every rank, sent as torch.save bytes.
+
+    Bytes and `weights_only=True` rather than broadcast_object_list, which would unpickle.
+    """
+    if not info.distributed:
+        return state
+    import torch
+    import torch.distributed as dist
+
+    buf = io.BytesIO()
+    if info.is_main and state is not None:
+        torch.save(state, buf)
+    size = torch.tensor([buf.tell()], dtype=torch.int64, device=info.device)
+    dist.broadcast(size, src=0)
+    if int(size) == 0:
+        return None
+    data = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8) if info.is_main else None
+    if data is None:
+        data = torch.empty(int(size), dtype=torch.uint8)
+    data = data.to(info.device)
+    dist.broadcast(data, src=0)
+    if info.is_main:
+        return state
+    received: dict[str, Any] = torch.load(io.BytesIO(data.cpu().numpy().tobytes()), weights_only=True)
+    return received

@@ -1,0 +1,78 @@
+"""Training progress in the terminal: a live progress bar over a growing per-epoch table (rank 0)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.1f}" if value >= 1000 else f"{value:.4f}"
+    return str(value)
+
+
+EPOCH_COLUMNS = (
+    "epoch",
+    "loss",
+    "val_loss",
+    "val_accuracy",
+    "val_precision",
+    "val_recall",
+    "val_f1",
+    "samples_per_s",
+)
+_HEADERS = {"samples_per_s": "samples/s"}  # fits an 80-column terminal
+
+
+class TrainDisplay:
+    """A TrainObserver drawing a progress bar (samples this epoch, samples/s) over a growing epoch table."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console()
+        self.table = Table(
+            *(_HEADERS.get(c, c) for c in EPOCH_COLUMNS),
+            box=box.SIMPLE_HEAD,
+            padding=0,
+            pad_edge=False,
+            show_edge=False,
+        )
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+        )
+        self.live = Live(Group(self.table, self.progress), console=self.console, refresh_per_second=8)
+        self.task: Any = None
+        self.epochs = 0
+
+    def start(self, run_id: str, first_epoch: int, epochs: int, samples_per_epoch: int) -> None:
+        self.console.print(
+            f"run [bold]{run_id}[/]" + (f" (resuming at epoch {first_epoch})" if first_epoch > 1 else "")
+        )
+        self.epochs = epochs
+        self.task = self.progress.add_task(f"epoch {first_epoch}/{epochs}", total=samples_per_epoch, rate="")
+        self.live.start()
+
+    def step(self, samples: int) -> None:
+        self.progress.advance(self.task, samples)
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        self.table.add_row(*(_fmt(row[c]) for c in EPOCH_COLUMNS))
+        nxt = min(row["epoch"] + 1, self.epochs)
+        self.progress.reset(
+            self.task, description=f"epoch {nxt}/{self.epochs}", rate=f"{row['samples_per_s']:,.0f} samples/s"
+        )
+
+    def close(self) -> None:
+        self.live.update(self.table)  # leave the finished table, not a stale bar
+        self.live.stop()
+        self.console.line()

@@ -1,0 +1,44 @@
+"""One training worker under the elastic agent: `python -m skylift.train.worker --spec ... --run-id ...`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import torch
+
+    from skylift.errors import SkyliftError
+    from skylift.spec import load_spec
+    from skylift.train import parallel
+    from skylift.train.loop import fit
+    from skylift.train.progress import TrainDisplay
+
+    ap = argparse.ArgumentParser(prog="skylift-worker")
+    ap.add_argument("--spec", required=True, help="resolved job spec written by the launcher")
+    ap.add_argument("--run-id", required=True)
+    ap.add_argument("--home", required=True)
+    ap.add_argument("--threads", type=int, required=True, help="torch intra-op threads of this worker")
+    ap.add_argument("--progress", action="store_true", help="rank 0 draws the progress bar")
+    args = ap.parse_args(argv)
+
+    spec = load_spec(args.spec)
+    torch.set_num_threads(spec.train.threads or args.threads)
+    info = parallel.init_from_env(spec.distributed.backend)
+    display = TrainDisplay() if info.is_main and args.progress else None
+    try:
+        fit(spec, home=args.home, run_id=args.run_id, observer=display, dist=info)
+    except SkyliftError as exc:
+        print(f"error (rank {info.rank}): {exc}", file=sys.stderr)
+        return exc.exit_code
+    finally:
+        if display:
+            display.close()
+        parallel.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,213 @@
+"""Data-parallel training with real processes: gloo, elastic agent, multi-node on loopback, faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from skylift.train.checkpoint import load
+from tests.conftest import EXAMPLE
+
+SHORT = ("--set", "train.epochs=4", "--set", "train.threads=1")
+
+
+def _skylift(home: Path, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "SKYLIFT_HOME": str(home), "COLUMNS": "120"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "skylift", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a test's kill never reaches pytest
+    )
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float = 300) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def _epochs(run: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def _wait_for_epochs(run: Path, n: int, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (run / "metrics.jsonl").exists() and len(_epochs(run)) >= n:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"run did not reach epoch {n} (exit code {proc.poll()})")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_two_workers_train_and_only_rank0_writes(home: Path) -> None:
+    code, out, err = _finish(_skylift(home, "train", str(EXAMPLE), *SHORT, "--workers", "2", "--run-id", "ddp"))
+    assert code == 0, err
+    assert "training with 2 worker(s)" in out and "val_accuracy" in out
+    run = home / "runs" / "ddp"
+    assert _epochs(run) == [1, 2, 3, 4]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["workers"] == 2 and summary["test"]["accuracy"] > 0.8
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_two_nodes_over_loopback_match_one_node_with_two_workers(home: Path) -> None:
+    port = _free_port()
+    common = ("train", str(EXAMPLE), *SHORT, "--workers", "1", "--nnodes", "2")
+    rdzv = ("--rdzv-endpoint", f"127.0.0.1:{port}", "--run-id", "nodes")
+    node0 = _skylift(home, *common, "--node-rank", "0", *rdzv)
+    node1 = _skylift(home, *common, "--node-rank", "1", *rdzv)
+    for proc in (node0, node1):
+        code, _, err = _finish(proc)
+        assert code == 0, err
+    code, _, err = _finish(_skylift(home, "train", str(EXAMPLE), *SHORT, "--workers", "2", "--run-id", "one"))
+    assert code == 0, err
+    a = load(home / "runs" / "nodes" / "checkpoints" / "last.pt")
+    b = load(home / "runs" / "one" / "checkpoints" / "last.pt")
+    for key, tensor in a["model"].items():
+        torch.testing.assert_close(tensor, b["model"][key], rtol=1e-4, atol=1e-5, msg=key)
+    assert [h["val_accuracy"] for h in a["history"]] == pytest.approx([h["val_accuracy"] for h in b["history"]])
+
+
+def test_a_killed_worker_is_restarted_and_the_run_completes(home: Path) -> None:
+    epochs = 12
+    proc = _skylift(home, "train", str(EXAMPLE), "--set", f"train.epochs={epochs}", "--workers", "2",
+                    "--run-id", "kill")
+    run = home / "runs" / "kill"
+    _wait_for_epochs(run, 2, proc)
+    workers = _children(proc.pid)
+    assert len(workers) == 2, workers
+    os.kill(workers[-1], signal.SIGKILL)
+    code, out, err = _finish(proc)
+    assert code == 0, err
+    assert _epochs(run) == list(range(1, epochs + 1))  # each epoch exactly once
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test"]["accuracy"] > 0.9
+
+
+def test_exhausted_restarts_fail_in_one_line_and_keep_the_checkpoint(home: Path) -> None:
+    proc = _skylift(home, "train", str(EXAMPLE), "--set", "train.epochs=40", "--set", "distributed.max_restarts=0",
+                    "--workers", "2", "--run-id", "dead")
+    run = home / "runs" / "dead"
+    _wait_for_epochs(run, 1, proc)
+    os.kill(_children(proc.pid)[0], signal.SIGKILL)
+    code, _, err = _finish(proc)
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: training failed: worker rank") and "killed by signal 9" in last
+    assert "last good checkpoint" in last
+    state = load(run / "checkpoints" / "last.pt")
+    assert len(state["history"]) >= 1
+
+
+def test_sigterm_stops_every_worker(home: Path) -> None:
+    proc = _skylift(home, "train", str(EXAMPLE), "--set", "train.epochs=40", "--workers", "2", "--run-id", "term")
+    _wait_for_epochs(home / "runs" / "term", 1, proc)
+    workers = _children(proc.pid)
+    assert len(workers) == 2
+    proc.send_signal(signal.SIGTERM)
+    code, _, err = _finish(proc, timeout=60)
+    assert code != 0
+    assert "interrupted" in err
+    deadline = time.monotonic() + 10
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [w for w in workers if _alive(w)], "orphan workers"
+
+
+def test_workers_auto_keeps_the_mlp_in_one_process(home: Path) -> None:
+    code, out, err = _finish(_skylift(home, "train", str(EXAMPLE), "--set", "train.epochs=1", "--workers", "auto"))
+    assert code == 0, err
+    assert "workers auto: 1 (one process:" in out
+    assert "training with" not in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--workers", "0"), "--workers: must be a whole number >= 1, got '0'"),
+        (("--nnodes", "2"), "multi-node training needs --rdzv-endpoint HOST:PORT"),
+        (("--nnodes", "2", "--rdzv-endpoint", "127.0.0.1:1", "--node-rank", "2"), "--node-rank must be in [0, 1]"),
+        (("--workers", "2", "--set", "train.batch_size=3"), "train.batch_size 3 gives fewer than 2 rows per worker"),
+    ],
+)
+def test_bad_placement_is_one_line_exit_2(home: Path, args: tuple[str, ...], message: str) -> None:
+    code, _, err = _finish(_skylift(home, "train", str(EXAMPLE), *args))
+    assert code == 2
+    assert message in err and err.count("\n") == 1, err
+    assert not (home / "runs").exists()
+
+
+def _evaluate_sharded(rank: int, world: int, init: str, out: str) -> None:
+    """One rank of a real gloo group: score this rank's slice, all-reduce the sums."""
+    import torch.distributed as dist
+
+    from skylift.dist import DistInfo
+    from skylift.train import parallel
+    from skylift.train.evaluation import eval_sums, sums_to_report
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    info = DistInfo(rank=rank, world_size=world)
+    model, x, y = _eval_fixture()
+    part = parallel.my_slice(len(y), info)
+    sums = parallel.all_reduce_sum(eval_sums(model, x[part], y[part], 7), info)
+    if rank == 0:
+        loss, rep = sums_to_report(sums, 7)
+        Path(out).write_text(json.dumps({"loss": loss, "cm": rep.confusion.tolist()}))
+    dist.destroy_process_group()
+
+
+def _eval_fixture() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Linear(16, 7))
+    x = torch.randn(101, 5)  # 101 rows: does not divide by the world size
+    y = torch.randint(0, 6, (101,))  # class 6 never occurs
+    return model, x, y
+
+
+def test_validation_metrics_are_exact_across_ranks(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    from skylift.train.evaluation import evaluate_tensors
+
+    out = tmp_path / "two.json"
+    init = f"file://{tmp_path / 'store'}"
+    mp.start_processes(_evaluate_sharded, args=(2, init, str(out)), nprocs=2, start_method="spawn")
+    two = json.loads(out.read_text())
+    model, x, y = _eval_fixture()
+    loss, rep = evaluate_tensors(model, x, y, 7)
+    assert two["cm"] == rep.confusion.tolist()
+    assert sum(map(sum, two["cm"])) == 101
+    assert two["loss"] == pytest.approx(loss, rel=1e-12)
