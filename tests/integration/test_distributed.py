@@ -161,6 +161,7 @@ def test_workers_auto_keeps_the_mlp_in_one_process(home: Path) -> None:
         (("--nnodes", "2"), "multi-node training needs --rdzv-endpoint HOST:PORT"),
         (("--nnodes", "2", "--rdzv-endpoint", "127.0.0.1:1", "--node-rank", "2"), "--node-rank must be in [0, 1]"),
         (("--workers", "2", "--set", "train.batch_size=3"), "train.batch_size 3 gives fewer than 2 rows per worker"),
+        (("--workers", "2", "--set", "distributed.sync_batchnorm=true"), "distributed.sync_batchnorm needs CUDA"),
     ],
 )
 def test_bad_placement_is_one_line_exit_2(home: Path, args: tuple[str, ...], message: str) -> None:

@@ -34,7 +34,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("ref", help="NAME, NAME:VERSION or NAME@ALIAS")
     p.set_defaults(run=_show)
 
-    p = ms.add_parser("promote", parents=shared, help="point an alias (production, staging, ...) at a version")
+    p = ms.add_parser(
+        "promote", parents=shared, help="point an alias (production, staging, ...) at a version"
+    )
     p.add_argument("ref", help="the version, e.g. mnist-mlp:3 (or mnist-mlp@staging)")
     p.add_argument("alias", help="alias name, e.g. production")
     p.set_defaults(run=_promote)
@@ -93,7 +95,9 @@ def _list(args: argparse.Namespace) -> int:
     for e in entries:
         aliases = ", ".join(f"{a} -> {v}" for a, v in sorted(e.aliases.items()))
         versions = ", ".join(str(v) for v in e.versions[-8:])
-        table.add_row(e.name, str(e.latest), versions if len(e.versions) <= 8 else f"..., {versions}", aliases)
+        table.add_row(
+            e.name, str(e.latest), versions if len(e.versions) <= 8 else f"..., {versions}", aliases
+        )
     console.print(table)
     return 0
 
@@ -121,7 +125,10 @@ def _show(args: argparse.Namespace) -> int:
         ("aliases", ", ".join(info["aliases"]) or "-"),
         ("architecture", _architecture(info.get("architecture", {}).get("model", {}))),
         ("input", f"{sig['inputs'][0]['name']} {sig['inputs'][0]['datatype']} {sig['inputs'][0]['shape']}"),
-        ("output", f"{sig['outputs'][0]['name']} {sig['outputs'][0]['datatype']} {sig['outputs'][0]['shape']}"),
+        (
+            "output",
+            f"{sig['outputs'][0]['name']} {sig['outputs'][0]['datatype']} {sig['outputs'][0]['shape']}",
+        ),
         ("classes", ", ".join(str(c) for c in sig["classes"])),
         ("encrypted", "yes (AES-256-GCM)" if info.get("encrypted") else "no"),
         ("size", f"{info['size_bytes']:,} bytes"),

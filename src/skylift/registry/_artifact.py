@@ -161,14 +161,13 @@ def check_identity(info: Mapping[str, Any], name: str, version: int) -> list[str
     if info.get("name") != name or info.get("version") != version:
         return [f"{MODEL_JSON}: describes {info.get('name')}:{info.get('version')}, not {name}:{version}"]
     file = WEIGHTS_ENC if info.get("encrypted") else WEIGHTS
-    if file not in info.get("files", {}):
+    files = info.get("files")
+    if not isinstance(files, dict) or file not in files:
         return [f"{MODEL_JSON}: does not list the weights file {file}"]
     return []
 
 
-def check_mac(
-    manifest: Mapping[str, Any], info: Mapping[str, Any], name: str, version: int, key: MasterKey
-) -> list[str]:
+def check_mac(manifest: Mapping[str, Any], name: str, version: int, key: MasterKey) -> list[str]:
     """An encrypted version's manifest MAC, under `key`: catches a rewritten model.json + manifest."""
     expected = manifest.get("mac")
     payload = _manifest.mac_payload(name, version, manifest["files"])
@@ -177,13 +176,31 @@ def check_mac(
     return []
 
 
+def _open(key: MasterKey, blob: bytes, name: str, version: int) -> bytes:
+    try:
+        return decrypt(key, blob, associated_data(name, version, WEIGHTS_ENC))
+    except IntegrityError as exc:
+        raise IntegrityError(f"{WEIGHTS_ENC}: {exc}") from None
+
+
+def check_decrypts(folder: Path, name: str, version: int, key: MasterKey) -> list[str]:
+    """[] if the encrypted weights open under `key` in their place, else the one problem."""
+    try:
+        _open(key, (folder / WEIGHTS_ENC).read_bytes(), name, version)
+    except IntegrityError as exc:
+        return [str(exc)]
+    return []
+
+
 def check_key(info: Mapping[str, Any], key: MasterKey | None, where: str) -> MasterKey:
     """The key that opens this encrypted version; AuthError when none is given or it is another key."""
     if key is None:
         raise AuthError(
-            f"{where} is encrypted: set SKYLIFT_MASTER_KEY or pass --key-file with the key it was registered with"
+            f"{where} is encrypted: set SKYLIFT_MASTER_KEY or pass --key-file "
+            "with the key it was registered with"
         )
-    want = str(info.get("encryption", {}).get("key_id", ""))
+    encryption = info.get("encryption")
+    want = str(encryption.get("key_id", "?")) if isinstance(encryption, dict) else "?"
     if want != key.key_id:
         raise AuthError(f"{where} is encrypted with master key {want}, not with the given key {key.key_id}")
     return key
@@ -212,16 +229,21 @@ def read_verified(
         info = json.loads(blobs[MODEL_JSON])
     except ValueError:
         raise IntegrityError(f"{where}: {MODEL_JSON} is not readable JSON") from None
+    if not isinstance(info, dict):
+        raise IntegrityError(f"{where}: {MODEL_JSON} is not a JSON object")
     _raise_problems(where, check_identity(info, name, version))
-    file = WEIGHTS_ENC if info["encrypted"] else WEIGHTS
+    encrypted = bool(info.get("encrypted"))
+    file = WEIGHTS_ENC if encrypted else WEIGHTS
+    if file not in blobs:
+        raise IntegrityError(f"{where}: {file} is not in the manifest")
     weights = blobs[file]
-    if info["encrypted"]:
+    if encrypted:
         key = check_key(info, key, where)
-        _raise_problems(where, check_mac(manifest, info, name, version, key))
+        _raise_problems(where, check_mac(manifest, name, version, key))
         try:
-            weights = decrypt(key, weights, associated_data(name, version, file))
+            weights = _open(key, weights, name, version)
         except IntegrityError as exc:
-            raise IntegrityError(f"{where}: {file}: {exc}") from None
+            raise IntegrityError(f"{where}: {exc}") from None
     return info, weights
 
 

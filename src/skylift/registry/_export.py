@@ -71,7 +71,7 @@ def _onnx(loaded: LoadedModel) -> bytes:
         torch.onnx.export(
             loaded.module,
             (_example(loaded),),
-            buf,
+            buf,  # type: ignore[arg-type]  # typed as a path; the legacy exporter takes a file object
             dynamo=False,
             input_names=["input"],
             output_names=["logits"],
@@ -93,7 +93,7 @@ def _torchscript(loaded: LoadedModel) -> bytes:
     buf = io.BytesIO()
     extra = {"skylift.json": json.dumps(_metadata(loaded), sort_keys=True)}
     with _deliberate_deprecations(), torch.no_grad():
-        traced: Any = torch.jit.trace(loaded.module, (_example(loaded),))
+        traced: Any = torch.jit.trace(loaded.module, (_example(loaded),))  # type: ignore[no-untyped-call]
         torch.jit.save(traced, buf, _extra_files=extra)
     return buf.getvalue()
 

@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from skylift import _atomic
 from skylift._atomic import _fsync_dir  # the rename of a whole version folder needs it too
@@ -298,7 +298,10 @@ class Registry:
         if found:
             return found
         where = f"{name}:{version}"
-        info = _artifact.read_info(folder, where)
+        try:
+            info = _artifact.read_info(folder, where)
+        except IntegrityError as exc:
+            return [str(exc).removeprefix(f"{where}: ")]
         found = _artifact.check_identity(info, name, version)
         if not found and info.get("encrypted") and self._key is not None:
             key = _artifact.check_key(info, self._key, where)
@@ -315,10 +318,12 @@ class Registry:
         module = _artifact.build_module(info, weights, f"{name}:{version}")
         return LoadedModel(module, info, name, version)
 
-    def export(
-        self, ref: str | ModelRef, fmt: Literal["onnx", "torchscript"] | str, output: Path | str
-    ) -> Path:
-        """Write the verified model as ONNX (dynamic batch) or TorchScript to `output`, atomically."""
+    def export(self, ref: str | ModelRef, fmt: str, output: Path | str) -> Path:
+        """Write the verified model as `fmt` "onnx" (dynamic batch) or "torchscript" to `output`, atomically.
+
+        A folder as `output` receives `<name>-<version>.onnx|.pt`. An encrypted version is written
+        in the clear: export is an explicit decision to take the model out of the registry.
+        """
         from skylift.registry._export import export_model
 
         return export_model(self.load(ref), fmt, Path(output))

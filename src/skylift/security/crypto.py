@@ -107,7 +107,7 @@ def encrypt(key: MasterKey, plaintext: bytes, associated_data: bytes) -> bytes:
 
 
 def decrypt(key: MasterKey, blob: bytes, associated_data: bytes) -> bytes:
-    """Open a sealed file; IntegrityError if it is not one, was changed, or belongs elsewhere / to another key."""
+    """Open a sealed file; IntegrityError if it is not one, was changed, or has another key or context."""
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 

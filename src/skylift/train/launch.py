@@ -113,6 +113,14 @@ def place(
         chosen, reason = choose_workers(spec, net, x, y)
     assert isinstance(chosen, int)
     world = chosen * nnodes
+    if world > 1 and d.sync_batchnorm:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SpecError(
+                "distributed.sync_batchnorm needs CUDA (PyTorch's SyncBatchNorm does not run on CPU); "
+                "on CPU each worker keeps its own batch-norm statistics: set it to false"
+            )
     if spec.train.batch_size < 2 * world:
         raise SpecError(
             f"train.batch_size {spec.train.batch_size} gives fewer than 2 rows per worker "

@@ -31,9 +31,16 @@ def _rewrite_manifest(folder: Path, key: MasterKey | None = None) -> None:
 def test_encrypted_version_round_trips(sealed: Registry, key: MasterKey) -> None:
     tiny = make_tiny()
     v = sealed.register("tiny", tiny.state, tiny.meta)
-    assert sorted(p.name for p in v.path.iterdir()) == ["MANIFEST.json", "model.json", "model.safetensors.enc"]
+    assert sorted(p.name for p in v.path.iterdir()) == [
+        "MANIFEST.json",
+        "model.json",
+        "model.safetensors.enc",
+    ]
     info = json.loads((v.path / "model.json").read_text())
-    assert info["encrypted"] is True and info["encryption"] == {"algorithm": "AES-256-GCM", "key_id": key.key_id}
+    assert info["encrypted"] is True and info["encryption"] == {
+        "algorithm": "AES-256-GCM",
+        "key_id": key.key_id,
+    }
     blob = (v.path / "model.safetensors.enc").read_bytes()
     plain = tiny.state["dense_0.weight"].numpy().tobytes()
     assert plain[:64] not in blob and b"dense_0.weight" not in blob  # neither values nor names leak
@@ -63,7 +70,9 @@ def test_loading_without_the_key_is_an_auth_error(sealed: Registry, tmp_path: Pa
     assert plain.info("tiny")["encrypted"] is True
 
 
-def test_wrong_key_is_an_auth_error_naming_both_key_ids(sealed: Registry, key: MasterKey, tmp_path: Path) -> None:
+def test_wrong_key_is_an_auth_error_naming_both_key_ids(
+    sealed: Registry, key: MasterKey, tmp_path: Path
+) -> None:
     tiny = make_tiny()
     sealed.register("tiny", tiny.state, tiny.meta)
     other = MasterKey.generate()
@@ -80,12 +89,16 @@ def test_tampered_ciphertext_with_rewritten_manifest_fails_authentication(sealed
     data[100] ^= 0xFF
     enc.write_bytes(bytes(data))
     _rewrite_manifest(v.path)  # hashes match again, but the MAC cannot be forged without the key
-    with pytest.raises(IntegrityError, match="MANIFEST.json: authentication failed"):
+    with pytest.raises(IntegrityError, match=r"MANIFEST\.json: authentication failed"):
         sealed.load("tiny")
-    assert sealed.verify("tiny") == ["MANIFEST.json: authentication failed (the manifest or model.json was rewritten)"]
+    assert sealed.verify("tiny") == [
+        "MANIFEST.json: authentication failed (the manifest or model.json was rewritten)"
+    ]
 
 
-def test_tampered_ciphertext_fails_decryption_even_past_the_manifest(sealed: Registry, key: MasterKey) -> None:
+def test_tampered_ciphertext_fails_decryption_even_past_the_manifest(
+    sealed: Registry, key: MasterKey
+) -> None:
     tiny = make_tiny()
     v = sealed.register("tiny", tiny.state, tiny.meta)
     enc = v.path / "model.safetensors.enc"
@@ -105,11 +118,9 @@ def test_encrypted_file_copied_to_another_version_fails_to_decrypt(sealed: Regis
     v2 = sealed.register("tiny", b.state, b.meta)
     (v2.path / "model.safetensors.enc").write_bytes((v1.path / "model.safetensors.enc").read_bytes())
     _rewrite_manifest(v2.path, key)  # only the associated data (name, version, file) is left to catch it
-    with pytest.raises(IntegrityError, match="tiny:2: model.safetensors.enc: authentication failed"):
+    with pytest.raises(IntegrityError, match=r"tiny:2: model\.safetensors\.enc: authentication failed"):
         sealed.load("tiny:2")
-    assert torch.equal(
-        sealed.load("tiny:1").module.state_dict()["dense_0.weight"], a.state["dense_0.weight"]
-    )
+    assert torch.equal(sealed.load("tiny:1").module.state_dict()["dense_0.weight"], a.state["dense_0.weight"])
 
 
 def test_plain_and_encrypted_versions_coexist(registry: Registry, sealed: Registry) -> None:

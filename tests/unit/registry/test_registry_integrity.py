@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from skylift.errors import IntegrityError
 from skylift.registry import Registry
+from skylift.registry import _manifest as manifest_mod
 from tests.unit.registry.conftest import make_tiny, snapshot
 
 
@@ -29,26 +29,50 @@ def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-100])
 
 
-Edit = Callable[[Path], str]  # edits a version folder, returns the file name the error must name
+def _edit(folder: Path, edit: str) -> str:
+    """Apply one hand edit to a version folder; return the file name the error must name."""
+    weights = _weights(folder)
+    if edit == "flip weights byte":
+        _flip(weights)
+    elif edit == "flip model.json byte":
+        _flip(folder / "model.json", 10)
+        return "model.json"
+    elif edit == "truncate weights":
+        _truncate(weights)
+    elif edit == "delete weights":
+        weights.unlink()
+    elif edit == "delete model.json":
+        (folder / "model.json").unlink()
+        return "model.json"
+    elif edit.startswith("add "):
+        extra = {"add a file": "notes.txt", "add a hidden file": ".x", "add a folder": "sub"}[edit]
+        (folder / extra).mkdir() if extra == "sub" else (folder / extra).write_text("hi")
+        return extra
+    else:
+        manifest = folder / "MANIFEST.json"
+        if edit == "delete manifest":
+            manifest.unlink()
+        elif edit == "garble manifest":
+            manifest.write_text("{nope")
+        else:  # a manifest pointing outside the folder must not make us read there
+            manifest.write_text(json.dumps({"files": {"../x": {"sha256": "0" * 64, "size": 1}}}))
+        return "MANIFEST.json"
+    return weights.name
 
-EDITS: dict[str, Edit] = {
-    "flip weights byte": lambda f: (_flip(_weights(f)), _weights(f).name)[1],
-    "flip model.json byte": lambda f: (_flip(f / "model.json", 10), "model.json")[1],
-    "truncate weights": lambda f: (_truncate(_weights(f)), _weights(f).name)[1],
-    "delete weights": lambda f: (name := _weights(f).name, _weights(f).unlink(), name)[2],
-    "delete model.json": lambda f: ((f / "model.json").unlink(), "model.json")[1],
-    "add a file": lambda f: ((f / "notes.txt").write_text("hi"), "notes.txt")[1],
-    "add a hidden file": lambda f: ((f / ".x").write_text("hi"), ".x")[1],
-    "add a folder": lambda f: ((f / "sub").mkdir(), "sub")[1],
-    "delete manifest": lambda f: ((f / "MANIFEST.json").unlink(), "MANIFEST.json")[1],
-    "garble manifest": lambda f: ((f / "MANIFEST.json").write_text("{nope"), "MANIFEST.json")[1],
-    "manifest escapes folder": lambda f: (
-        (f / "MANIFEST.json").write_text(
-            json.dumps({"files": {"../x": {"sha256": "0" * 64, "size": 1}}})
-        ),
-        "MANIFEST.json",
-    )[1],
-}
+
+EDITS = [
+    "flip weights byte",
+    "flip model.json byte",
+    "truncate weights",
+    "delete weights",
+    "delete model.json",
+    "add a file",
+    "add a hidden file",
+    "add a folder",
+    "delete manifest",
+    "garble manifest",
+    "manifest escapes folder",
+]
 
 
 @pytest.fixture(params=["plain", "encrypted"])
@@ -56,12 +80,12 @@ def reg(request: pytest.FixtureRequest, registry: Registry, sealed: Registry) ->
     return registry if request.param == "plain" else sealed
 
 
-@pytest.mark.parametrize("edit", list(EDITS))
+@pytest.mark.parametrize("edit", EDITS)
 def test_edited_version_is_refused_naming_the_file(reg: Registry, edit: str) -> None:
     tiny = make_tiny()
     v = reg.register("tiny", tiny.state, tiny.meta)
     assert reg.verify("tiny:1") == []
-    bad = EDITS[edit](v.path)
+    bad = _edit(v.path, edit)
     before = snapshot(reg.root)
     with pytest.raises(IntegrityError) as err:
         reg.load("tiny:1")
@@ -125,5 +149,22 @@ def test_corrupt_aliases_file_is_an_integrity_error(registry: Registry) -> None:
     tiny = make_tiny()
     registry.register("tiny", tiny.state, tiny.meta)
     (registry.root / "tiny" / "aliases.json").write_text("[1, 2]")
-    with pytest.raises(IntegrityError, match="aliases.json is malformed"):
+    with pytest.raises(IntegrityError, match=r"aliases\.json is malformed"):
         registry.resolve("tiny@production")
+
+
+def test_manifest_rewritten_around_a_broken_model_json_is_still_refused(registry: Registry) -> None:
+    tiny = make_tiny()
+    v = registry.register("tiny", tiny.state, tiny.meta)
+    for text, part in (
+        ("[1]", "not a JSON object"),
+        ("{nope", "not readable JSON"),
+        ("{}", "describes None:None"),
+    ):
+        (v.path / "model.json").write_text(text)
+        blobs = {p.name: p.read_bytes() for p in v.path.iterdir() if p.name != "MANIFEST.json"}
+        (v.path / "MANIFEST.json").write_text(json.dumps(manifest_mod.build(blobs)))
+        with pytest.raises(IntegrityError, match=part):
+            registry.load("tiny")
+        (problem,) = registry.verify("tiny")
+        assert problem.startswith("model.json") and part in problem

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -158,7 +159,7 @@ def test_unknown_or_malformed_refs(
 def test_bad_input_to_writers_changes_nothing(registry: Registry, tiny: Tiny) -> None:
     registry.register("tiny", tiny.state, tiny.meta)
     before = snapshot(registry.root)
-    bad_calls = [
+    bad_calls: list[Callable[[], object]] = [
         lambda: registry.register("../evil", tiny.state, tiny.meta),
         lambda: registry.register("Bad Name", tiny.state, tiny.meta),
         lambda: registry.register("tiny", tiny.state, {"model": {}}),
@@ -172,9 +173,10 @@ def test_bad_input_to_writers_changes_nothing(registry: Registry, tiny: Tiny) ->
     for call in bad_calls:
         with pytest.raises(SpecError):
             call()
-    for call in (lambda: registry.promote("tiny", 7, "production"), lambda: registry.delete("nope", 1)):
-        with pytest.raises(ModelNotFound):
-            call()
+    with pytest.raises(ModelNotFound):
+        registry.promote("tiny", 7, "production")
+    with pytest.raises(ModelNotFound):
+        registry.delete("nope", 1)
     assert snapshot(registry.root) == before
     assert sorted(p.name for p in registry.root.iterdir()) == ["tiny"]
 

@@ -1,0 +1,62 @@
+"""Data-parallel scaling: samples/s of 1 vs 2 DDP workers (gloo, 1 thread each), same run.
+
+Weak scaling keeps 64 rows per worker (global batch 64 x workers); efficiency is
+2-worker samples/s / (2 x 1-worker samples/s). Strong scaling keeps the global batch at 64 (the
+same job, split). Models: the MNIST MLP, and a small CNN whose step is compute-bound.
+Run: `python benchmarks/train_scaling.py [--epochs 4]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from skylift.spec import JobSpec, load_spec
+from skylift.train.launch import Placement, launch
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mnist_mlp.yaml"
+CNN = (
+    "model.layers=[{conv2d: {filters: 32, kernel_size: 3, activation: relu}},"
+    " {conv2d: {filters: 64, kernel_size: 3, activation: relu}}, {maxpool: {size: 2}},"
+    " {flatten: {}}, {dense: {units: 128, activation: relu}}, {dense: {units: 10}}]"
+)
+
+
+def samples_per_s(spec: JobSpec, workers: int, home: Path) -> float:
+    result = launch(spec, Placement(workers=workers, max_restarts=0), home=home)
+    assert result is not None
+    rates = [h["samples_per_s"] for h in result.history[1:]]  # epoch 1 warms up
+    return statistics.median(rates)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--epochs", type=int, default=4)
+    args = ap.parse_args()
+    base = [f"train.epochs={args.epochs}", "train.threads=1", "data.test_split=0"]
+    cases = [
+        ("MLP", "weak", base, 64),
+        ("MLP", "strong", base, 0),
+        ("CNN", "weak", [*base, "model.input_shape=[1, 28, 28]", CNN], 64),
+    ]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model, kind, overrides, per_worker in cases:
+            one = load_spec(EXAMPLE, [*overrides, f"train.batch_size={per_worker or 64}"])
+            two = load_spec(EXAMPLE, [*overrides, f"train.batch_size={2 * per_worker or 64}"])
+            r1 = samples_per_s(one, 1, Path(tmp))
+            r2 = samples_per_s(two, 2, Path(tmp))
+            rows.append((model, kind, one.train.batch_size, two.train.batch_size, r1, r2))
+    print(f"torch {torch.__version__}; gloo; 1 thread per worker; epochs={args.epochs}; builtin:digits28")
+    print("| model | scaling | batch 1w | batch 2w | 1 worker samples/s | 2 workers samples/s | 2w / 1w | efficiency |")
+    print("|---|---|---|---|---|---|---|---|")
+    for model, kind, b1, b2, r1, r2 in rows:
+        print(f"| {model} | {kind} | {b1} | {b2} | {r1:,.0f} | {r2:,.0f} | {r2 / r1:.2f}x | {r2 / (2 * r1):.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""`skylift models ...` and `skylift keys master-create` end to end on a really trained model."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+
+from skylift.cli import main
+from skylift.registry import load_model
+from tests.conftest import EXAMPLE
+from tests.unit.registry.conftest import snapshot
+
+RUN = "reg-run"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home holding one finished 1-epoch run of the example spec (trained once for this module)."""
+    from skylift.spec import load_spec
+    from skylift.train import fit
+
+    home = tmp_path_factory.mktemp("trained") / "home"
+    fit(load_spec(EXAMPLE, ["train.epochs=1"]), home=home, run_id=RUN)
+    return home
+
+
+@pytest.fixture
+def cli_home(trained: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private copy of the trained home, exported as SKYLIFT_HOME, with no master key set."""
+    shutil.copytree(trained, home)
+    monkeypatch.delenv("SKYLIFT_MASTER_KEY", raising=False)
+    monkeypatch.setenv("COLUMNS", "200")
+    return home
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_register_list_show_promote_verify_export_delete(
+    cli_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "models", "register", RUN)
+    assert (
+        code == 0
+        and f"registered mnist-mlp:1 from {cli_home / 'runs' / RUN / 'checkpoints' / 'best.pt'}" in out
+    )
+    checkpoint = cli_home / "runs" / RUN / "checkpoints" / "last.pt"
+    code, out, _ = run(capsys, "models", "register", str(checkpoint), "--name", "other")
+    assert code == 0 and "registered other:1" in out
+    assert run(capsys, "models", "register", RUN)[0] == 0  # mnist-mlp:2
+
+    code, out, _ = run(capsys, "models", "list")
+    assert code == 0 and "mnist-mlp" in out and "1, 2" in out and "other" in out
+
+    code, out, _ = run(capsys, "models", "show", "mnist-mlp:1")
+    assert code == 0
+    for text in (
+        "input FP32 [-1, 784]",
+        "logits FP32 [-1, 10]",
+        "val_accuracy",
+        "test_accuracy",
+        RUN,
+        "spec_hash",
+    ):
+        assert text in out, text
+    sha = __import__("hashlib").sha256((cli_home / "registry/mnist-mlp/1/model.safetensors").read_bytes())
+    assert sha.hexdigest() in out
+    code, out, _ = run(capsys, "models", "show", "other")
+    assert code == 0 and "val_accuracy" not in out  # last.pt is not the run's best: no summary metrics
+
+    code, out, _ = run(capsys, "models", "promote", "mnist-mlp:1", "production")
+    assert (code, out.strip()) == (0, "mnist-mlp@production -> mnist-mlp:1")
+    code, out, _ = run(capsys, "models", "promote", "mnist-mlp:2", "production")
+    assert (code, out.strip()) == (0, "mnist-mlp@production -> mnist-mlp:2 (was mnist-mlp:1)")
+    code, out, _ = run(capsys, "models", "verify", "mnist-mlp@production")
+    assert (code, out.strip()) == (0, "OK mnist-mlp:2")
+
+    # the registered model is the run's best checkpoint, loaded without unpickling anything
+    from skylift.train.checkpoint import load
+    from skylift.train.evaluation import model_from_checkpoint
+
+    reference = model_from_checkpoint(load(cli_home / "runs" / RUN / "checkpoints" / "best.pt"))
+    loaded = load_model("mnist-mlp@production")
+    x = torch.rand(16, 784)
+    with torch.no_grad():
+        assert torch.equal(loaded.module(x), reference(x))
+
+    onnx_path, ts_dir = tmp_path / "m.onnx", tmp_path / "ts"
+    ts_dir.mkdir()
+    code, out, _ = run(
+        capsys, "models", "export", "mnist-mlp@production", "--format", "onnx", "--output", str(onnx_path)
+    )
+    assert code == 0 and f"wrote {onnx_path} (onnx" in out and onnx_path.stat().st_size > 900_000
+    code, out, _ = run(
+        capsys, "models", "export", "mnist-mlp:1", "--format", "torchscript", "--output", str(ts_dir)
+    )
+    assert code == 0 and (ts_dir / "mnist-mlp-1.pt").is_file()
+
+    code, _, err = run(capsys, "models", "delete", "mnist-mlp:2")
+    assert code == 2 and "target of alias production" in err and err.count("\n") == 1
+    code, out, _ = run(capsys, "models", "delete", "mnist-mlp:1")
+    assert (code, out.strip()) == (0, "deleted mnist-mlp:1")
+    code, out, _ = run(capsys, "models", "delete", "mnist-mlp:2", "--force")
+    assert code == 0 and "dropped alias mnist-mlp@production" in out
+    code, out, _ = run(capsys, "models", "list", "--home", str(cli_home))
+    assert code == 0 and "mnist-mlp" not in out and "other" in out
+
+
+def test_encrypted_models_through_the_cli(
+    cli_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key_file, other_key = tmp_path / "master.key", tmp_path / "other.key"
+    code, out, _ = run(capsys, "keys", "master-create", str(key_file))
+    assert code == 0 and "mode 0600" in out and stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert key_file.read_text().strip() not in out
+    assert run(capsys, "keys", "master-create", str(other_key))[0] == 0
+
+    code, out, _ = run(capsys, "models", "register", RUN, "--key-file", str(key_file))
+    assert code == 0 and "registered mnist-mlp:1 (encrypted)" in out
+    assert (cli_home / "registry/mnist-mlp/1/model.safetensors.enc").is_file()
+    code, out, _ = run(capsys, "models", "show", "mnist-mlp")
+    assert code == 0 and "yes (AES-256-GCM)" in out
+    assert run(capsys, "models", "verify", "mnist-mlp")[:2] == (0, "OK mnist-mlp:1\n")
+    assert run(capsys, "models", "verify", "mnist-mlp", "--key-file", str(key_file))[0] == 0
+
+    before = snapshot(cli_home)
+    out_file = tmp_path / "m.onnx"
+    code, _, err = run(capsys, "models", "export", "mnist-mlp", "--format", "onnx", "--output", str(out_file))
+    assert code == 1 and "error: mnist-mlp:1 is encrypted" in err and err.count("\n") == 1
+    code, _, err = run(
+        capsys,
+        "models",
+        "export",
+        "mnist-mlp",
+        "--format",
+        "onnx",
+        "--output",
+        str(out_file),
+        "--key-file",
+        str(other_key),
+    )
+    assert code == 1 and "is encrypted with master key" in err and err.count("\n") == 1
+    assert not out_file.exists() and snapshot(cli_home) == before
+
+    monkeypatch.setenv("SKYLIFT_MASTER_KEY", key_file.read_text().strip())
+    code, out, _ = run(capsys, "models", "export", "mnist-mlp", "--format", "onnx", "--output", str(out_file))
+    assert code == 0 and out_file.is_file()
+    monkeypatch.setenv("SKYLIFT_MASTER_KEY", base64.b64encode(b"short").decode())
+    code, _, err = run(capsys, "models", "list")
+    assert code == 2 and "SKYLIFT_MASTER_KEY decodes to 5 bytes, expected 32" in err
+
+
+def test_verify_names_the_changed_file_and_exits_1(
+    cli_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "models", "register", RUN)[0] == 0
+    weights = cli_home / "registry" / "mnist-mlp" / "1" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    weights.write_bytes(bytes(data))
+    (weights.parent / "stray.txt").write_text("x")
+    before = snapshot(cli_home)
+    code, out, _ = run(capsys, "models", "verify", "mnist-mlp:1")
+    lines = out.strip().splitlines()
+    assert code == 1 and lines[0] == "mnist-mlp:1: 2 problems"
+    assert lines[1].strip().startswith("model.safetensors: SHA-256") and "stray.txt: extra file" in lines[2]
+    code, _, err = run(
+        capsys, "models", "export", "mnist-mlp:1", "--format", "onnx", "--output", str(cli_home / "x.onnx")
+    )
+    assert (
+        code == 1
+        and err.startswith("error: mnist-mlp:1: model.safetensors: SHA-256")
+        and err.count("\n") == 1
+    )
+    assert snapshot(cli_home) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "part"),
+    [
+        (["models", "show", "a:b:c"], "is malformed"),
+        (["models", "show", "name@"], "empty alias"),
+        (["models", "show", "../x"], "not allowed"),
+        (["models", "show", "x:0"], "positive integer"),
+        (["models", "show", "nope"], "no model named 'nope'"),
+        (["models", "show", "mnist-mlp:7"], "mnist-mlp has no version 7"),
+        (["models", "verify", "mnist-mlp@production"], "has no alias 'production'"),
+        (["models", "promote", "mnist-mlp:1", "Bad Alias"], "alias 'Bad Alias' is not allowed"),
+        (["models", "promote", "mnist-mlp:3", "production"], "has no version 3"),
+        (["models", "delete", "mnist-mlp"], "delete needs an explicit version"),
+        (["models", "delete", "mnist-mlp:9"], "has no version 9"),
+        (["models", "register", "no-such-run"], "no checkpoint file, run folder or run id"),
+        (["models", "register", RUN, "--name", "../evil"], "not allowed"),
+        (["models", "export", "mnist-mlp", "--format", "tflite", "--output", "x"], "invalid choice"),
+        (["models", "list", "--key-file", "/nonexistent/key"], "key file /nonexistent/key not found"),
+        (["models"], "required"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(
+    cli_home: Path, capsys: pytest.CaptureFixture[str], args: list[str], part: str
+) -> None:
+    assert run(capsys, "models", "register", RUN)[0] == 0
+    before = snapshot(cli_home)
+    try:
+        code, _, err = run(capsys, *args)
+    except SystemExit as exc:  # argparse errors exit from parse_args
+        code, err = int(str(exc.code)), capsys.readouterr().err
+    assert code == 2, err
+    assert part in err and err.count("\n") == 1 and "Traceback" not in err
+    assert snapshot(cli_home) == before
+
+
+def test_master_create_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "k"
+    path.write_text("precious\n")
+    code, _, err = run(capsys, "keys", "master-create", str(path))
+    assert code == 2 and "refusing to overwrite" in err and path.read_text() == "precious\n"
