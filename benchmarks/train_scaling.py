@@ -52,10 +52,11 @@ def main() -> None:
             r2 = samples_per_s(two, 2, Path(tmp))
             rows.append((model, kind, one.train.batch_size, two.train.batch_size, r1, r2))
     print(f"torch {torch.__version__}; gloo; 1 thread per worker; epochs={args.epochs}; builtin:digits28")
-    print("| model | scaling | batch 1w | batch 2w | 1 worker samples/s | 2 workers samples/s | 2w / 1w | efficiency |")
+    print("| model | scaling | batch 1w | batch 2w | 1w samples/s | 2w samples/s | 2w / 1w | eff. |")
     print("|---|---|---|---|---|---|---|---|")
     for model, kind, b1, b2, r1, r2 in rows:
-        print(f"| {model} | {kind} | {b1} | {b2} | {r1:,.0f} | {r2:,.0f} | {r2 / r1:.2f}x | {r2 / (2 * r1):.2f} |")
+        ratio = r2 / r1
+        print(f"| {model} | {kind} | {b1} | {b2} | {r1:,.0f} | {r2:,.0f} | {ratio:.2f}x | {ratio / 2:.2f} |")
 
 
 if __name__ == "__main__":

@@ -73,7 +73,9 @@ def _free_port() -> int:
 
 
 def test_two_workers_train_and_only_rank0_writes(home: Path) -> None:
-    code, out, err = _finish(_skylift(home, "train", str(EXAMPLE), *SHORT, "--workers", "2", "--run-id", "ddp"))
+    code, out, err = _finish(
+        _skylift(home, "train", str(EXAMPLE), *SHORT, "--workers", "2", "--run-id", "ddp")
+    )
     assert code == 0, err
     assert "training with 2 worker(s)" in out and "val_accuracy" in out
     run = home / "runs" / "ddp"
@@ -98,19 +100,22 @@ def test_two_nodes_over_loopback_match_one_node_with_two_workers(home: Path) -> 
     b = load(home / "runs" / "one" / "checkpoints" / "last.pt")
     for key, tensor in a["model"].items():
         torch.testing.assert_close(tensor, b["model"][key], rtol=1e-4, atol=1e-5, msg=key)
-    assert [h["val_accuracy"] for h in a["history"]] == pytest.approx([h["val_accuracy"] for h in b["history"]])
+    assert [h["val_accuracy"] for h in a["history"]] == pytest.approx(
+        [h["val_accuracy"] for h in b["history"]]
+    )
 
 
 def test_a_killed_worker_is_restarted_and_the_run_completes(home: Path) -> None:
     epochs = 12
-    proc = _skylift(home, "train", str(EXAMPLE), "--set", f"train.epochs={epochs}", "--workers", "2",
-                    "--run-id", "kill")
+    proc = _skylift(
+        home, "train", str(EXAMPLE), "--set", f"train.epochs={epochs}", "--workers", "2", "--run-id", "kill"
+    )
     run = home / "runs" / "kill"
     _wait_for_epochs(run, 2, proc)
     workers = _children(proc.pid)
     assert len(workers) == 2, workers
     os.kill(workers[-1], signal.SIGKILL)
-    code, out, err = _finish(proc)
+    code, _out, err = _finish(proc)
     assert code == 0, err
     assert _epochs(run) == list(range(1, epochs + 1))  # each epoch exactly once
     summary = json.loads((run / "summary.json").read_text())
@@ -118,8 +123,19 @@ def test_a_killed_worker_is_restarted_and_the_run_completes(home: Path) -> None:
 
 
 def test_exhausted_restarts_fail_in_one_line_and_keep_the_checkpoint(home: Path) -> None:
-    proc = _skylift(home, "train", str(EXAMPLE), "--set", "train.epochs=40", "--set", "distributed.max_restarts=0",
-                    "--workers", "2", "--run-id", "dead")
+    proc = _skylift(
+        home,
+        "train",
+        str(EXAMPLE),
+        "--set",
+        "train.epochs=40",
+        "--set",
+        "distributed.max_restarts=0",
+        "--workers",
+        "2",
+        "--run-id",
+        "dead",
+    )
     run = home / "runs" / "dead"
     _wait_for_epochs(run, 1, proc)
     os.kill(_children(proc.pid)[0], signal.SIGKILL)
@@ -133,7 +149,9 @@ def test_exhausted_restarts_fail_in_one_line_and_keep_the_checkpoint(home: Path)
 
 
 def test_sigterm_stops_every_worker(home: Path) -> None:
-    proc = _skylift(home, "train", str(EXAMPLE), "--set", "train.epochs=40", "--workers", "2", "--run-id", "term")
+    proc = _skylift(
+        home, "train", str(EXAMPLE), "--set", "train.epochs=40", "--workers", "2", "--run-id", "term"
+    )
     _wait_for_epochs(home / "runs" / "term", 1, proc)
     workers = _children(proc.pid)
     assert len(workers) == 2
@@ -148,7 +166,9 @@ def test_sigterm_stops_every_worker(home: Path) -> None:
 
 
 def test_workers_auto_keeps_the_mlp_in_one_process(home: Path) -> None:
-    code, out, err = _finish(_skylift(home, "train", str(EXAMPLE), "--set", "train.epochs=1", "--workers", "auto"))
+    code, out, err = _finish(
+        _skylift(home, "train", str(EXAMPLE), "--set", "train.epochs=1", "--workers", "auto")
+    )
     assert code == 0, err
     assert "workers auto: 1 (one process:" in out
     assert "training with" not in out
@@ -159,9 +179,18 @@ def test_workers_auto_keeps_the_mlp_in_one_process(home: Path) -> None:
     [
         (("--workers", "0"), "--workers: must be a whole number >= 1, got '0'"),
         (("--nnodes", "2"), "multi-node training needs --rdzv-endpoint HOST:PORT"),
-        (("--nnodes", "2", "--rdzv-endpoint", "127.0.0.1:1", "--node-rank", "2"), "--node-rank must be in [0, 1]"),
-        (("--workers", "2", "--set", "train.batch_size=3"), "train.batch_size 3 gives fewer than 2 rows per worker"),
-        (("--workers", "2", "--set", "distributed.sync_batchnorm=true"), "distributed.sync_batchnorm needs CUDA"),
+        (
+            ("--nnodes", "2", "--rdzv-endpoint", "127.0.0.1:1", "--node-rank", "2"),
+            "--node-rank must be in [0, 1]",
+        ),
+        (
+            ("--workers", "2", "--set", "train.batch_size=3"),
+            "train.batch_size 3 gives fewer than 2 rows per worker",
+        ),
+        (
+            ("--workers", "2", "--set", "distributed.sync_batchnorm=true"),
+            "distributed.sync_batchnorm needs CUDA",
+        ),
     ],
 )
 def test_bad_placement_is_one_line_exit_2(home: Path, args: tuple[str, ...], message: str) -> None:

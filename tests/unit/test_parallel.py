@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -22,6 +24,6 @@ def test_batches_cover_the_epoch_and_give_each_worker_two_rows(n: int, batch: in
     assume(batch >= 2 * world)  # launch refuses smaller global batches
     bounds = _batch_bounds(n, batch, world)
     assert bounds[0][0] == 0 and bounds[-1][1] == n
-    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
     if len(bounds) > 1:
         assert bounds[-1][1] - bounds[-1][0] >= 2 * world
