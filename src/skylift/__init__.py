@@ -27,6 +27,8 @@ _EXPORTS = {
     "fit": "skylift.train",
     "resume": "skylift.train",
     "evaluate": "skylift.train",
+    "load_model": "skylift.registry",
+    "Registry": "skylift.registry",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -42,6 +44,8 @@ if TYPE_CHECKING:  # static types for the lazy names below
     from skylift.errors import SkyliftError as SkyliftError
     from skylift.errors import SpecError as SpecError
     from skylift.models import build_model as build_model
+    from skylift.registry import Registry as Registry
+    from skylift.registry import load_model as load_model
     from skylift.spec import JobSpec as JobSpec
     from skylift.spec import load_spec as load_spec
     from skylift.spec import parse_spec as parse_spec

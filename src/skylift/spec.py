@@ -116,6 +116,8 @@ class TrainSpec(_Frozen):
     """Seed of weights init, shuffling, dropout and the validation split."""
     threads: int | None = Field(default=None, ge=1)
     """Torch intra-op threads per worker; default: cores / workers."""
+    register_best: bool = True
+    """Register the best checkpoint as the next version of `name` in the model registry."""
 
 
 class DistributedSpec(_Frozen):
@@ -172,7 +174,7 @@ class JobSpec(_Frozen):
     @field_validator("name")
     @classmethod
     def _name_pattern(cls, v: str) -> str:
-        if not _NAME.match(v):
+        if not _NAME.match(v) or ".." in v:
             raise ValueError(
                 "must be 1-63 lowercase letters, digits, '.', '_' or '-', "
                 f"starting with a letter or digit, got {v!r}"

@@ -18,17 +18,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _common(default: object) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--home", default=default, help="skylift home folder (default: $SKYLIFT_HOME or ~/.skylift)"
+    )
+    p.add_argument("--debug", action="store_true", default=default, help="show tracebacks")
+    return p
+
+
 def _parser() -> argparse.ArgumentParser:
     from skylift.cli import _models, _train
 
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--home", help="skylift home folder (default: $SKYLIFT_HOME or ~/.skylift)")
-    common.add_argument("--debug", action="store_true", help="show tracebacks")
     p = _Parser(
-        prog="skylift", description="Train, tune, register and serve PyTorch models.", parents=[common]
+        prog="skylift", description="Train, tune, register and serve PyTorch models.", parents=[_common(None)]
     )
     p.add_argument("--version", action="version", version=f"skylift {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
+    # SUPPRESS: `--home` given before the command must survive the sub-command's own defaults.
+    common = _common(argparse.SUPPRESS)
     _train.add_commands(sub, common)
     _models.add_commands(sub, common)
     return p
@@ -36,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.debug = bool(args.debug)
     try:
         code: int = args.run(args)
         return code

@@ -23,6 +23,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     t.add_argument("--run-id", help="name of the run folder; an existing run with the same spec resumes")
     t.add_argument("--resume", metavar="RUN_ID", help="continue RUN_ID from its last checkpoint")
+    t.add_argument(
+        "--key-file", help="master key to encrypt the registered model (default: $SKYLIFT_MASTER_KEY)"
+    )
     _placement_args(t)
     t.set_defaults(run=_train)
 
@@ -36,10 +39,11 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     q.set_defaults(run=_quickstart)
 
     e = sub.add_parser("evaluate", parents=[common], help="metrics of a trained model on a data source")
-    e.add_argument("target", help="run id, run folder or checkpoint file")
+    e.add_argument("target", help="run id, run folder, checkpoint file, or model NAME[:VERSION|@ALIAS]")
     e.add_argument("--data", required=True, help="data source (builtin:NAME, file or IDX folder)")
     e.add_argument("--label-column", default="label", help="label column of .csv/.parquet data")
     e.add_argument("--output", default=".", help="folder for confusion.png (default: current folder)")
+    e.add_argument("--key-file", help="master key for an encrypted model (default: $SKYLIFT_MASTER_KEY)")
     e.set_defaults(run=_evaluate)
 
 
@@ -93,7 +97,15 @@ def _run_training(spec: Any, args: argparse.Namespace, run_id: str | None) -> An
         console.print(f"training with {placement.workers} worker(s) x {placement.nnodes} node(s)")
     display = TrainDisplay(console) if placement.workers == 1 and placement.nnodes == 1 else None
     try:
-        result = launch(spec, placement, home=args.home, run_id=run_id, observer=display, progress=True)
+        result = launch(
+            spec,
+            placement,
+            home=args.home,
+            run_id=run_id,
+            observer=display,
+            progress=True,
+            key_file=getattr(args, "key_file", None),
+        )
     finally:
         if display:
             display.close()
@@ -112,6 +124,8 @@ def _run_training(spec: Any, args: argparse.Namespace, run_id: str | None) -> An
             f"recall={t['recall']:.4f} f1={t['f1']:.4f}"
         )
     console.print(f"run folder: {result.run_dir}")
+    if s.get("registered"):
+        console.print(f"registered model: [bold]{s['registered']}[/]")
     return result
 
 
@@ -158,15 +172,14 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from skylift.cli._display import report_tables
+    from skylift.security import master_key_from_env
     from skylift.train import evaluate
     from skylift.train.plots import confusion
 
-    result = evaluate(args.target, args.data, label_column=args.label_column, home=args.home)
+    key = master_key_from_env(args.key_file)
+    result = evaluate(args.target, args.data, label_column=args.label_column, home=args.home, master_key=key)
     console = _console()
-    console.print(
-        f"checkpoint {result.checkpoint} on {result.source}: {result.report.n} samples, "
-        f"loss {result.loss:.4f}"
-    )
+    console.print(f"{result.model} on {result.source}: {result.report.n} samples, loss {result.loss:.4f}")
     for table in report_tables(result.report, result.classes):
         console.print(table)
     out = Path(args.output) / "confusion.png"

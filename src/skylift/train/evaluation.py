@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import torch
 
     from skylift.data import Dataset
+    from skylift.security import MasterKey
 
 EVAL_BATCH_ROWS = 4096  # big batches: no gradients, so memory is activations only
 
@@ -105,24 +106,63 @@ def resolve_checkpoint(target: str, home: Path | str | None = None) -> Path:
 
 @dataclass(frozen=True)
 class Evaluation:
-    checkpoint: Path
+    model: str
+    """What was evaluated: `checkpoint PATH` or `model NAME:VERSION`."""
     source: str
     classes: tuple[str, ...]
     loss: float
     report: ClassificationReport
 
 
+def _load_target(
+    target: str, home: Path | str | None, master_key: MasterKey | None
+) -> tuple[torch.nn.Module, tuple[str, ...], tuple[int, ...], str]:
+    """(model, classes, input_shape, description) of a checkpoint, run or registered model reference.
+
+    A checkpoint file, run folder or run id is looked for first, then the model registry.
+    """
+    from skylift.registry import Registry, parse_ref
+
+    try:
+        path = resolve_checkpoint(target, home)
+    except ModelNotFound:
+        try:
+            ref = parse_ref(target)
+        except SpecError:
+            raise ModelNotFound(
+                f"{target}: no checkpoint file, run or registered model (NAME, NAME:VERSION, NAME@ALIAS)"
+            ) from None
+        loaded = Registry(skylift_home(home), master_key).load(ref)
+        return loaded.module, tuple(loaded.classes), loaded.input_shape, f"model {loaded.ref}"
+    state = checkpoint.load(path)
+    meta = state["meta"]
+    return (
+        model_from_checkpoint(state),
+        tuple(meta["classes"]),
+        tuple(meta["input_shape"]),
+        f"checkpoint {path}",
+    )
+
+
 def evaluate(
-    target: str, source: str, *, label_column: str = "label", home: Path | str | None = None
+    target: str,
+    source: str,
+    *,
+    label_column: str = "label",
+    home: Path | str | None = None,
+    master_key: MasterKey | None = None,
 ) -> Evaluation:
-    """Evaluate a run's best checkpoint (or a checkpoint file) on every row of a data source."""
+    """Evaluate a checkpoint, a run's best checkpoint or a registered model on a data source.
+
+    `target`: a checkpoint file, run folder, run id, or a model reference (`NAME`, `NAME:VERSION`,
+    `NAME@ALIAS`); a registered model is verified against its manifest before it is used.
+    """
     from skylift.data import read_source
 
-    path = resolve_checkpoint(target, home)
-    state = checkpoint.load(path)
-    classes = tuple(state["meta"]["classes"])
+    model, classes, input_shape, what = _load_target(target, home, master_key)
     ds, bundled_test = read_source(source, label_column=label_column, classes=classes)
     # An IDX folder or Keras-style npz holds train + test: evaluation uses the held-out part.
     ds = bundled_test if bundled_test is not None else ds
-    loss, rep = evaluate_checkpoint_on(state, ds)
-    return Evaluation(path, source, classes, loss, rep)
+    x_NS, y_N = as_input(ds, input_shape)
+    loss, rep = evaluate_tensors(model, x_NS, y_N, len(classes))
+    return Evaluation(what, source, classes, loss, rep)

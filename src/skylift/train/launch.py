@@ -137,28 +137,31 @@ def launch(
     run_id: str | None = None,
     observer: TrainObserver | None = None,
     progress: bool = False,
+    key_file: Path | str | None = None,
 ) -> TrainResult | None:
     """Run the job; returns the result on the node that holds rank 0's run folder, else None.
 
     One worker on one node trains in this process. Otherwise the elastic agent starts the workers,
-    restarts them all (up to `max_restarts`) when one dies, and they resume from last.pt.
+    restarts them all (up to `max_restarts`) when one dies, and they resume from last.pt. The
+    registry's master key comes from `key_file`, else $SKYLIFT_MASTER_KEY (workers inherit it).
     """
+    from skylift.security import master_key_from_env
     from skylift.train.loop import fit
 
     home = skylift_home(home)
+    key = master_key_from_env(key_file)  # fail on a bad key before training, not after
     if placement.workers == 1 and placement.nnodes == 1:
-        return fit(spec, home=home, run_id=run_id, observer=observer)
+        return fit(spec, home=home, run_id=run_id, observer=observer, master_key=key)
     if run_id is None:
         # Every node must agree on the run id without talking first: derive it from what they share.
-        key = f"{placement.rdzv_endpoint}|{spec_hash(spec)}" if placement.nnodes > 1 else None
-        run_id = (
-            f"{spec.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}" if key else new_run_id(spec.name)
-        )
+        shared = f"{placement.rdzv_endpoint}|{spec_hash(spec)}" if placement.nnodes > 1 else None
+        digest = hashlib.sha256(shared.encode()).hexdigest()[:12] if shared else None
+        run_id = f"{spec.name}-{digest}" if digest else new_run_id(spec.name)
     check_run_id(run_id)
     with tempfile.TemporaryDirectory(prefix="skylift-launch-") as tmp:
         spec_file = Path(tmp) / "spec.yaml"
         spec_file.write_text(spec.to_yaml())
-        _agent(spec_file, run_id, home, placement, progress)
+        _agent(spec_file, run_id, home, placement, progress, key_file)
     run = RunDir.under(home, run_id)
     if not run.summary.is_file():
         return None
@@ -168,7 +171,9 @@ def launch(
     return TrainResult(run_id, run.path, run.read_summary(), history)
 
 
-def _agent(spec_file: Path, run_id: str, home: Path, p: Placement, progress: bool) -> None:
+def _agent(
+    spec_file: Path, run_id: str, home: Path, p: Placement, progress: bool, key_file: Path | str | None
+) -> None:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -190,6 +195,7 @@ def _agent(spec_file: Path, run_id: str, home: Path, p: Placement, progress: boo
     threads = max(1, _cores() // p.workers)  # split the cores so workers do not oversubscribe them
     args = ["-m", "skylift.train.worker", "--spec", str(spec_file), "--run-id", run_id]
     args += ["--home", str(home), "--threads", str(threads)] + (["--progress"] if progress else [])
+    args += ["--key-file", str(Path(key_file).resolve())] if key_file else []
     try:
         elastic_launch(config, sys.executable)(*args)
     except SignalException:  # SIGTERM/SIGINT: the agent has already stopped every worker

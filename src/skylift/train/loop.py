@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import torch
 
     from skylift.data import Splits
+    from skylift.security import MasterKey
 
 
 class TrainObserver(Protocol):
@@ -110,8 +111,12 @@ def fit(
     run_id: str | None = None,
     observer: TrainObserver | None = None,
     dist: DistInfo | None = None,
+    master_key: MasterKey | None = None,
 ) -> TrainResult:
     """Train `spec` into runs/<run_id>/; an existing run with the same spec resumes from last.pt.
+
+    At the end rank 0 registers the best checkpoint as the next version of `spec.name`
+    (`train.register_best`), encrypted at rest when `master_key` is given.
 
     With `dist.world_size > 1` (a process group already joined, see `train.worker`) every rank
     calls this with the same run id; each trains on its slice of every global batch, DDP averages
@@ -229,9 +234,25 @@ def fit(
     summary = _finish(run, spec, splits.test, history, best_epoch, meta, time.perf_counter() - started)
     summary["parameters"] = count_parameters(net)
     summary["workers"] = dist.world_size
+    if spec.train.register_best:
+        summary["registered"] = _register(run, spec, summary, home, master_key)
     _atomic.write_json(run.summary, summary)
     plots.curves(history, run.curves, best_epoch)
     return TrainResult(run.run_id, run.path, summary, history)
+
+
+def _register(run: RunDir, spec: JobSpec, summary: dict[str, Any], home: Path, key: MasterKey | None) -> str:
+    """Register the best checkpoint as the next version of `spec.name`, once per run."""
+    from skylift.registry import Registry, run_metadata
+
+    if run.summary.is_file():  # a finished run opened again keeps the version it registered
+        previous = run.read_summary().get("registered")
+        if previous:
+            return str(previous)
+    best = checkpoint.load(run.best)
+    metrics, lineage = run_metadata(summary)
+    version = Registry(home, key).register(spec.name, best["model"], best["meta"], metrics, lineage)
+    return str(version.ref)
 
 
 def _finish(

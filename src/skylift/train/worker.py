@@ -11,6 +11,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from skylift.errors import SkyliftError
+    from skylift.security import master_key_from_env
     from skylift.spec import load_spec
     from skylift.train import parallel
     from skylift.train.loop import fit
@@ -22,14 +23,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--home", required=True)
     ap.add_argument("--threads", type=int, required=True, help="torch intra-op threads of this worker")
     ap.add_argument("--progress", action="store_true", help="rank 0 draws the progress bar")
+    ap.add_argument("--key-file", help="registry master key file (default: $SKYLIFT_MASTER_KEY)")
     args = ap.parse_args(argv)
 
     spec = load_spec(args.spec)
+    key = master_key_from_env(args.key_file)
     torch.set_num_threads(spec.train.threads or args.threads)
     info = parallel.init_from_env(spec.distributed.backend)
     display = TrainDisplay() if info.is_main and args.progress else None
     try:
-        fit(spec, home=args.home, run_id=args.run_id, observer=display, dist=info)
+        fit(spec, home=args.home, run_id=args.run_id, observer=display, dist=info, master_key=key)
     except SkyliftError as exc:
         print(f"error (rank {info.rank}): {exc}", file=sys.stderr)
         return exc.exit_code
