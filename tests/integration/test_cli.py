@@ -157,7 +157,7 @@ def test_bad_spec_file_through_the_real_command_has_no_traceback(home: Path, tmp
         (["train", "--resume", "../../etc"], "run id '../../etc' is not allowed"),
         (
             ["evaluate", "nothing-here", "--data", "builtin:digits"],
-            "no checkpoint file, run folder or run id",
+            "not a checkpoint file, run folder or run id, and no model named 'nothing-here'",
         ),
         (["evaluate", "x"], "the following arguments are required: --data"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
@@ -183,3 +183,33 @@ def test_evaluate_refuses_a_file_that_is_not_a_checkpoint(
     fake.write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")  # a pickle that would run a command
     assert main(["evaluate", str(fake), "--data", "builtin:digits"]) == 1
     assert "not a readable skylift checkpoint" in capsys.readouterr().err
+
+
+def test_quickstart_registers_and_evaluate_takes_a_model_reference(home: Path, tmp_path: Path) -> None:
+    out = _skylift(home, "quickstart", "--set", "train.epochs=2")
+    assert out.returncode == 0, out.stderr
+    assert "registered model: mnist-mlp:1" in out.stdout
+    promote = _skylift(home, "models", "promote", "mnist-mlp:1", "production")
+    assert promote.returncode == 0, promote.stderr
+    ev = _skylift(
+        home, "evaluate", "mnist-mlp@production", "--data", "builtin:digits28", "--output", str(tmp_path)
+    )
+    assert ev.returncode == 0, ev.stderr
+    assert ev.stdout.startswith("model mnist-mlp:1 on builtin:digits28: 1797 samples")
+    # a registered file changed on disk is refused, naming the file
+    (weights,) = (home / "registry" / "mnist-mlp" / "1").glob("model.safetensors*")
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 1
+    weights.write_bytes(bytes(blob))
+    bad = _skylift(home, "evaluate", "mnist-mlp@production", "--data", "builtin:digits28")
+    assert bad.returncode == 1 and weights.name in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_home_option_works_before_and_after_the_command(tmp_path: Path) -> None:
+    for args in (
+        ["--home", str(tmp_path / "a"), "quickstart"],
+        ["quickstart", "--home", str(tmp_path / "b")],
+    ):
+        assert main([*args, "--set", "train.epochs=1", "--set", "train.register_best=false"]) == 0
+    assert (tmp_path / "a" / "runs").is_dir() and (tmp_path / "b" / "runs").is_dir()
+    assert not (tmp_path / "a" / "registry").exists()

@@ -107,3 +107,15 @@ def test_evaluate_a_run_and_a_checkpoint(home: Path) -> None:
     by_run = evaluate("ev", "builtin:digits28", home=home)
     by_file = evaluate(str(home / "runs" / "ev" / "checkpoints" / "best.pt"), "builtin:digits28", home=home)
     assert by_run.report.n == 1797 and by_run.report.accuracy == by_file.report.accuracy > 0.8
+
+
+def test_the_best_checkpoint_is_registered_once_per_run(home: Path) -> None:
+    from skylift.registry import Registry
+
+    result = fit(load_spec(EXAMPLE, ["train.epochs=2"]), home=home, run_id="reg")
+    assert result.summary["registered"] == "mnist-mlp:1"
+    assert resume("reg", home=str(home)).summary["registered"] == "mnist-mlp:1"  # not a second version
+    info = Registry(home).info("mnist-mlp")
+    assert info["lineage"]["run_id"] == "reg"
+    assert info["metrics"]["val_loss"] == result.summary["best"]["val_loss"]
+    assert [tuple(e.versions) for e in Registry(home).list()] == [(1,)]

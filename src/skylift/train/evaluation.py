@@ -132,7 +132,10 @@ def _load_target(
             raise ModelNotFound(
                 f"{target}: no checkpoint file, run or registered model (NAME, NAME:VERSION, NAME@ALIAS)"
             ) from None
-        loaded = Registry(skylift_home(home), master_key).load(ref)
+        try:
+            loaded = Registry(skylift_home(home), master_key).load(ref)
+        except ModelNotFound as exc:
+            raise ModelNotFound(f"{target}: not a checkpoint file, run folder or run id, and {exc}") from None
         return loaded.module, tuple(loaded.classes), loaded.input_shape, f"model {loaded.ref}"
     state = checkpoint.load(path)
     meta = state["meta"]
