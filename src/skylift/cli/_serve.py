@@ -1,0 +1,53 @@
+"""`skylift serve`: thin argument parsing over skylift.serve."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "serve", parents=[common], help="serve registered models over HTTP (KServe V2, TF-Serving)"
+    )
+    p.add_argument("models", nargs="+", metavar="MODEL_REF", help="NAME, NAME:VERSION or NAME@ALIAS")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    p.add_argument("--replicas", type=int, default=2, help="worker processes on the one port")
+    p.add_argument("--max-batch-rows", type=int, default=64, help="rows per model batch")
+    p.add_argument("--max-delay-ms", type=float, default=2.0, help="longest wait for a batch to fill")
+    p.add_argument("--max-queue-rows", type=int, default=4096, help="queued rows before 503")
+    p.add_argument("--timeout-ms", type=int, default=30_000, help="per-request deadline (504)")
+    p.add_argument("--max-body-mb", type=float, default=16.0, help="request body limit (413)")
+    p.add_argument("--max-requests", type=int, default=0, help="recycle a replica after N requests")
+    p.add_argument("--max-rss-mb", type=int, default=0, help="recycle a replica past this memory")
+    p.add_argument("--no-auth", action="store_true", help="serve without API keys (loopback only)")
+    p.add_argument(
+        "--key-file", help="registry master key for encrypted models (default: $SKYLIFT_MASTER_KEY)"
+    )
+    p.set_defaults(run=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from skylift.home import skylift_home
+    from skylift.serve import ServeConfig, serve
+
+    config = ServeConfig(
+        models=tuple(args.models),
+        home=skylift_home(args.home),
+        state_dir=Path("."),  # replaced by serve() with a private temp folder
+        host=args.host,
+        port=args.port,
+        replicas=args.replicas,
+        max_batch_rows=args.max_batch_rows,
+        max_delay_ms=args.max_delay_ms,
+        max_queue_rows=args.max_queue_rows,
+        timeout_ms=args.timeout_ms,
+        max_body_mb=args.max_body_mb,
+        max_requests=args.max_requests,
+        max_rss_mb=args.max_rss_mb,
+        no_auth=args.no_auth,
+        key_file=args.key_file,
+    )
+    return serve(config, say=lambda line: print(line, flush=True))

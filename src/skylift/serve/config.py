@@ -1,0 +1,93 @@
+"""Server configuration: validated once in the supervisor, handed to every replica process."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from skylift.errors import SpecError
+
+if TYPE_CHECKING:
+    from skylift.security import MasterKey
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    models: tuple[str, ...]
+    """Model references to serve (NAME, NAME:VERSION, NAME@ALIAS)."""
+    home: Path
+    state_dir: Path
+    """Shared by the replicas: repository.json and metrics snapshots."""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    replicas: int = 2
+    max_batch_rows: int = 64
+    max_delay_ms: float = 2.0
+    max_queue_rows: int = 4096
+    timeout_ms: int = 30_000
+    max_body_mb: float = 16.0
+    max_requests: int = 0
+    """Recycle a replica after this many requests (0: never)."""
+    max_rss_mb: int = 0
+    """Recycle a replica whose resident memory passes this (0: never)."""
+    no_auth: bool = False
+    key_file: str | None = None
+    """Registry master key file for encrypted models (default: $SKYLIFT_MASTER_KEY)."""
+    threads: int = 1
+    """Torch intra-op threads per replica."""
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 2**20)
+
+    @property
+    def master_key(self) -> MasterKey | None:
+        from skylift.security import master_key_from_env
+
+        return master_key_from_env(self.key_file)
+
+    def check(self) -> None:
+        """Raise SpecError on a setting that cannot work; called before anything starts."""
+        if not self.models:
+            raise SpecError("serve needs at least one model reference, e.g. mnist-mlp@production")
+        for name, value, low in (
+            ("--replicas", self.replicas, 1),
+            ("--max-batch-rows", self.max_batch_rows, 1),
+            ("--max-queue-rows", self.max_queue_rows, 1),
+            ("--timeout-ms", self.timeout_ms, 1),
+            ("--port", self.port, 0),
+        ):
+            if value < low:
+                raise SpecError(f"{name} must be >= {low}, got {value}")
+        if self.port > 65535:
+            raise SpecError(f"--port must be <= 65535, got {self.port}")
+        if self.max_delay_ms < 0 or self.max_body_mb <= 0:
+            raise SpecError("--max-delay-ms must be >= 0 and --max-body-mb > 0")
+        if self.max_queue_rows < self.max_batch_rows:
+            raise SpecError(
+                f"--max-queue-rows ({self.max_queue_rows}) must be >= "
+                f"--max-batch-rows ({self.max_batch_rows})"
+            )
+        if not self.no_auth:
+            raise SpecError(
+                "API keys are not available in this version yet: start with --no-auth (loopback only)"
+            )
+        if not is_loopback(self.host):
+            raise SpecError(
+                f"--no-auth is refused on a non-loopback address ({self.host}): serve on 127.0.0.1"
+            )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return all(ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, None))
+        except OSError:
+            return False

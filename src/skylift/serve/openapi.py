@@ -1,0 +1,104 @@
+"""The OpenAPI 3.1 description of every route the server answers (served at /openapi.json)."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+_ERROR = {
+    "description": "error",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
+_M = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
+_V = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _op(summary: str, *, body: str | None = None, params: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "parameters": list(params),
+        "responses": {
+            "200": {"description": "OK", "content": {"application/json": {}}},
+            "4XX": _ERROR,
+            "5XX": _ERROR,
+        },
+    }
+    if body:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"$ref": body}}}}
+    return op
+
+
+@cache
+def openapi() -> dict[str, Any]:
+    v2_infer = "#/components/schemas/V2InferRequest"
+    v1_predict = "#/components/schemas/V1PredictRequest"
+    paths: dict[str, Any] = {
+        "/v2/health/live": {"get": _op("liveness")},
+        "/v2/health/ready": {"get": _op("readiness: every model loaded and warmed up")},
+        "/v2": {"get": _op("server metadata")},
+        "/v2/models/{model}": {"get": _op("model metadata", params=(_M,))},
+        "/v2/models/{model}/versions/{version}": {"get": _op("model version metadata", params=(_M, _V))},
+        "/v2/models/{model}/ready": {"get": _op("model readiness", params=(_M,))},
+        "/v2/models/{model}/versions/{version}/ready": {
+            "get": _op("model version readiness", params=(_M, _V))
+        },
+        "/v2/models/{model}/infer": {
+            "post": _op("inference (JSON or binary tensors)", body=v2_infer, params=(_M,))
+        },
+        "/v2/models/{model}/versions/{version}/infer": {
+            "post": _op("inference on a version", body=v2_infer, params=(_M, _V))
+        },
+        "/v2/repository/index": {"post": _op("models loaded (admin)")},
+        "/v2/repository/models/{model}/load": {"post": _op("load or reload a model (admin)", params=(_M,))},
+        "/v2/repository/models/{model}/unload": {"post": _op("unload a model (admin)", params=(_M,))},
+        "/v1/models/{model}": {"get": _op("TF-Serving model status", params=(_M,))},
+        "/v1/models/{model}:predict": {"post": _op("TF-Serving predict", body=v1_predict, params=(_M,))},
+        "/v1/models/{model}/versions/{version}:predict": {
+            "post": _op("TF-Serving predict on a version", body=v1_predict, params=(_M, _V))
+        },
+        "/metrics": {"get": _op("Prometheus metrics")},
+        "/openapi.json": {"get": _op("this document")},
+    }
+    tensor = {
+        "type": "object",
+        "required": ["name", "shape", "datatype"],
+        "properties": {
+            "name": {"type": "string"},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "datatype": {"type": "string"},
+            "data": {"type": "array"},
+            "parameters": {"type": "object"},
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "skylift serve", "version": "0.1.0"},
+        "paths": paths,
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "properties": {"error": {"type": "string"}},
+                    "required": ["error"],
+                },
+                "V2InferRequest": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "inputs": {"type": "array", "items": tensor},
+                        "outputs": {"type": "array", "items": {"type": "object"}},
+                        "parameters": {"type": "object"},
+                    },
+                },
+                "V1PredictRequest": {
+                    "type": "object",
+                    "properties": {
+                        "instances": {"type": "array"},
+                        "inputs": {},
+                        "signature_name": {"type": "string"},
+                    },
+                },
+            }
+        },
+    }

@@ -1,0 +1,164 @@
+"""The models a worker serves: verified loads from the registry, warm-up, hot swap, and replica sync.
+
+Replicas share one `repository.json` in the server's state folder; an admin load or unload on any
+replica writes it (with the exact version it resolved) and every replica applies it within a poll
+interval. A swapped-out model finishes the requests already queued on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from skylift import _atomic
+from skylift.errors import ModelNotFound
+from skylift.serve.batcher import Batcher
+from skylift.serve.codec import Signature
+
+if TYPE_CHECKING:
+    from skylift.serve.config import ServeConfig
+    from skylift.serve.metrics import Metrics
+
+STATE_FILE = "repository.json"
+
+
+@dataclass
+class ServedModel:
+    name: str
+    version: int
+    requested: str
+    """The reference the operator asked for, e.g. mnist-mlp@production."""
+    signature: Signature
+    batcher: Batcher
+    info: dict[str, Any]
+
+
+def _runner(module: Any) -> Any:
+    import torch
+
+    def run(x_RS: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            logits_RC = module(torch.from_numpy(x_RS))
+            return torch.softmax(logits_RC.float(), dim=-1).numpy()
+
+    return run
+
+
+class Repository:
+    """name -> ServedModel for one worker process."""
+
+    def __init__(self, config: ServeConfig, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.models: dict[str, ServedModel] = {}
+        self.generation = -1
+        self.ready = False
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    @property
+    def state_path(self) -> Path:
+        return self.config.state_dir / STATE_FILE
+
+    def _load(self, name: str, version: int, requested: str) -> ServedModel:
+        from skylift.registry import Registry
+
+        loaded = Registry(self.config.home, self.config.master_key).load(f"{name}:{version}")
+        sig = Signature(tuple(loaded.input_shape), tuple(str(c) for c in loaded.classes))
+        run = _runner(loaded.module)
+        c = self.config
+        for rows in (1, c.max_batch_rows):  # warm-up: first calls allocate and pick kernels
+            run(np.zeros((rows, *sig.input_shape), dtype=np.float32))
+        batcher = Batcher(
+            run,
+            max_rows=c.max_batch_rows,
+            max_delay_s=c.max_delay_ms / 1000,
+            max_queue_rows=c.max_queue_rows,
+            on_batch=self.metrics.observe_batch,
+        )
+        return ServedModel(name, version, requested, sig, batcher, loaded.info)
+
+    def resolve(self, requested: str) -> tuple[str, int]:
+        from skylift.registry import Registry
+
+        return Registry(self.config.home, self.config.master_key).resolve(requested)
+
+    async def apply(self, wanted: dict[str, dict[str, Any]]) -> None:
+        """Serve exactly `wanted` (name -> {ref, version}): load new or changed, drop the rest."""
+        loop = asyncio.get_running_loop()
+        for name, want in wanted.items():
+            current = self.models.get(name)
+            if current and current.version == want["version"]:
+                continue
+            # Loading (hashing, decrypting, warm-up) runs off the event loop: requests keep flowing.
+            model = await loop.run_in_executor(None, self._load, name, want["version"], want["ref"])
+            model.batcher.start()
+            self.models[name] = model
+            if current:
+                self._retire(current)
+        for name in [n for n in self.models if n not in wanted]:
+            self._retire(self.models.pop(name))
+
+    def _retire(self, model: ServedModel) -> None:
+        task = asyncio.get_running_loop().create_task(_retire(model))
+        self._retiring.add(task)  # keep a reference until done (the loop holds only weak ones)
+        task.add_done_callback(self._retiring.discard)
+
+    def read_state(self) -> tuple[int, dict[str, dict[str, Any]]]:
+        state = json.loads(self.state_path.read_text())
+        return int(state["generation"]), state["models"]
+
+    def write_state(self, models: dict[str, dict[str, Any]]) -> int:
+        generation = self.read_state()[0] + 1 if self.state_path.exists() else 0
+        _atomic.write_json(self.state_path, {"generation": generation, "models": models})
+        return generation
+
+    async def sync(self) -> None:
+        """Apply the shared state if another replica (or start-up) changed it."""
+        generation, models = self.read_state()
+        if generation != self.generation:
+            await self.apply(models)
+            self.generation = generation
+        self.ready = True
+
+    async def admin_load(self, requested: str) -> ServedModel:
+        """Load (or reload, re-resolving an alias) `requested` on every replica."""
+        name, version = self.resolve(requested)
+        _, models = self.read_state()
+        models[name] = {"ref": requested, "version": version}
+        generation = self.write_state(models)
+        await self.apply(models)
+        self.generation = generation
+        return self.models[name]
+
+    async def admin_unload(self, name: str) -> None:
+        _, models = self.read_state()
+        if name not in models:
+            raise ModelNotFound(f"model {name!r} is not loaded")
+        del models[name]
+        generation = self.write_state(models)
+        await self.apply(models)
+        self.generation = generation
+
+    async def watch(self, interval_s: float = 0.5) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.sync()
+            except Exception as exc:  # a bad reload must not take the serving models down
+                print(f"skylift serve: reload failed: {exc}", flush=True)
+            self.metrics.extra["queue_rows"] = sum(m.batcher.queued_rows for m in self.models.values())
+            self.metrics.publish()
+
+
+async def _retire(model: ServedModel) -> None:
+    """Stop a swapped-out model once the requests queued on it are answered (at most 30 s)."""
+    deadline = time.monotonic() + 30
+    while model.batcher.queued_rows and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await model.batcher.stop()

@@ -1,0 +1,205 @@
+"""`skylift serve`: a supervisor holding the listening socket and N replica processes serving on it.
+
+The supervisor binds the port once and keeps it open, so while a replica starts, recycles or is
+replaced, connections wait in the backlog instead of being refused. It restarts a replica that
+dies, recycles one past --max-requests (the replica exits with RECYCLE) or --max-rss-mb (sent
+SIGTERM), and on SIGTERM/SIGINT drains every replica before exiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+from skylift.errors import SkyliftError
+from skylift.serve.config import ServeConfig
+
+RECYCLE = 64  # a replica's exit code asking to be replaced (served --max-requests)
+DRAIN_S = 30  # graceful shutdown budget for in-flight requests
+
+
+def _replica(config: ServeConfig, sock: socket.socket, index: int) -> None:
+    """Entry point of one replica process."""
+    import torch
+    import uvicorn
+
+    from skylift.serve.app import App
+    from skylift.serve.metrics import Metrics
+    from skylift.serve.repository import Repository
+
+    torch.set_num_threads(config.threads)
+    metrics = Metrics(index, config.state_dir)
+    repo = Repository(config, metrics)
+    app = App(config, repo, metrics)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            loop="uvloop",
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=DRAIN_S,
+            server_header=False,
+            date_header=False,
+            backlog=2048,
+        )
+    )
+    recycled = False
+
+    def count() -> None:
+        nonlocal recycled
+        if config.max_requests and app.served >= config.max_requests and not recycled:
+            recycled = True
+            server.should_exit = True  # finish in-flight requests, then exit for a fresh replica
+
+    app.on_request = count
+
+    async def main() -> None:
+        await repo.sync()  # verified load + warm-up before this replica accepts a connection
+        watcher = asyncio.get_running_loop().create_task(repo.watch())
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            watcher.cancel()
+
+    asyncio.run(main())
+    sys.exit(RECYCLE if recycled else 0)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SkyliftError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _initial_state(config: ServeConfig) -> dict[str, dict[str, object]]:
+    """Resolve and verify every requested model before any replica starts; one line on failure."""
+    from skylift.errors import IntegrityError
+    from skylift.registry import Registry
+
+    registry = Registry(config.home, config.master_key)
+    models: dict[str, dict[str, object]] = {}
+    for ref in config.models:
+        name, version = registry.resolve(ref)
+        problems = registry.verify(f"{name}:{version}")
+        if problems:
+            raise IntegrityError(f"{name}:{version}: {problems[0]}")
+        if name in models:
+            raise SkyliftError(f"model {name} is given twice; serve one version per model name")
+        models[name] = {"ref": ref, "version": version}
+    return models
+
+
+class Supervisor:
+    def __init__(self, config: ServeConfig, say: Callable[[str], None] = print) -> None:
+        self.config = config
+        self.say = say
+        self.procs: list[BaseProcess | None] = [None] * config.replicas
+        self.stopping = False
+        self.crashes: list[float] = []
+
+    def _start(self, sock: socket.socket, index: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        proc = ctx.Process(target=_replica, args=(self.config, sock, index), name=f"skylift-replica-{index}")
+        proc.start()
+        self.procs[index] = proc
+
+    def run(self) -> int:
+        from skylift.serve.metrics import rss_bytes
+        from skylift.serve.repository import STATE_FILE
+
+        config = self.config
+        models = _initial_state(config)
+        from skylift import _atomic
+
+        _atomic.write_json(config.state_dir / STATE_FILE, {"generation": 0, "models": models})
+        sock = _listen(config.host, config.port)
+        port = sock.getsockname()[1]
+        served = ", ".join(f"{n}:{m['version']} (as {m['ref']})" for n, m in models.items())
+        self.say(f"serving {served} on http://{config.host}:{port} with {config.replicas} replica(s)")
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        try:
+            for i in range(config.replicas):
+                self._start(sock, i)
+            while not self.stopping:
+                time.sleep(0.2)
+                for i, proc in enumerate(self.procs):
+                    if proc is None or self.stopping:
+                        continue
+                    if not proc.is_alive():
+                        code = proc.exitcode
+                        if code != RECYCLE:
+                            self.say(f"replica {i} exited ({_how(code)}); starting a new one")
+                            self._crashed()
+                        self._start(sock, i)
+                    elif config.max_rss_mb and proc.pid and rss_bytes(proc.pid) > config.max_rss_mb * 2**20:
+                        self.say(f"replica {i} passed --max-rss-mb {config.max_rss_mb}; recycling it")
+                        os.kill(proc.pid, signal.SIGTERM)
+                        proc.join(DRAIN_S + 5)
+        finally:
+            self._drain()
+            sock.close()
+        return 0
+
+    def _crashed(self) -> None:
+        now = time.monotonic()
+        self.crashes = [t for t in self.crashes if now - t < 30] + [now]
+        if len(self.crashes) > 3 * self.config.replicas:
+            raise SkyliftError("replicas keep dying (more than 3 per replica in 30 s); giving up")
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.stopping = True
+
+    def _drain(self) -> None:
+        """SIGTERM every replica (uvicorn finishes in-flight requests), then wait, then kill stragglers."""
+        live = [p for p in self.procs if p is not None and p.is_alive()]
+        for p in live:
+            if p.pid:
+                os.kill(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + DRAIN_S + 5
+        for p in live:
+            p.join(max(0.1, deadline - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+
+
+def _how(code: int | None) -> str:
+    if code is None:
+        return "unknown"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
+def serve(config: ServeConfig, say: Callable[[str], None] = print) -> int:
+    """Run the server until SIGTERM/SIGINT; blocks. Raises SkyliftError before start on bad settings."""
+    config.check()
+    state = Path(tempfile.mkdtemp(prefix="skylift-serve-"))
+    try:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        config = replace(config, state_dir=state, threads=max(1, cores // config.replicas))
+        return Supervisor(config, say).run()
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
