@@ -31,6 +31,12 @@ def test_quickstart_trains_and_reports_metrics(home: Path) -> None:
     assert accuracy >= 0.94
     (run,) = (home / "runs").iterdir()
     assert (run / "summary.json").is_file() and (run / "curves.png").is_file()
+    # then it serves the registered model on loopback and queries it over HTTP
+    assert "registered model: mnist-mlp:1" in out.stdout
+    assert "predictions over HTTP" in out.stdout and "/v2/models/mnist-mlp/infer" in out.stdout
+    right, sent = out.stdout.split(" correct over HTTP")[0].split()[-1].split("/")
+    assert sent == "10" and int(right) >= 7
+    assert "stopped" in out.stdout
 
 
 def test_train_then_evaluate_prints_tables_and_writes_confusion_png(home: Path, tmp_path: Path) -> None:

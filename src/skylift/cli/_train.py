@@ -166,7 +166,18 @@ def _quickstart(args: argparse.Namespace) -> int:
     console.print(
         f"[bold]skylift quickstart[/]: {spec.name} on {spec.data.train}, {spec.train.epochs} epochs"
     )
-    _run_training(spec, args, None)
+    result = _run_training(spec, args, None)
+    if result is None or not result.summary.get("registered"):
+        return 0
+    from skylift.cli._quickstart import ROWS, serve_and_query
+    from skylift.data import load_splits
+    from skylift.home import skylift_home
+
+    splits = load_splits(spec.data, seed=spec.train.seed)
+    shown = splits.test if splits.test is not None else splits.val  # rows the model did not train on
+    ref = result.summary["registered"]
+    console.print(f"serving {ref} on loopback and sending {ROWS} held-out rows over HTTP (KServe V2) ...")
+    serve_and_query(console, ref, skylift_home(args.home), shown.x[:ROWS], shown.y[:ROWS], shown.classes)
     return 0
 
 

@@ -289,7 +289,7 @@ def _content_type(scope: dict[str, Any], binary: bool) -> None:
         if name == b"content-type":
             kind = value.split(b";")[0].strip().lower()
             # x-www-form-urlencoded: what `curl -d` sends for a JSON body; the body is still parsed as JSON.
-            ok = _JSON_TYPES + (b"application/octet-stream",) if binary else _JSON_TYPES
+            ok = (*_JSON_TYPES, b"application/octet-stream") if binary else _JSON_TYPES
             if kind not in ok:
                 raise BadRequest(f"Content-Type {kind.decode('latin-1')[:60]!r} is not supported here", 415)
 

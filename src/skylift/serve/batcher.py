@@ -56,13 +56,17 @@ class Batcher:
         self._wake = asyncio.Event()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="skylift-model")
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
+        """Answer every queued request, then stop the loop and the model thread."""
+        self._closing = True
+        self._wake.set()
         if self._task:
-            self._task.cancel()
+            await self._task
         self._pool.shutdown(wait=True)
 
     async def submit(self, x_RS: np.ndarray, deadline: float) -> np.ndarray:
@@ -100,10 +104,11 @@ class Batcher:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        while self._queue or not self._closing:
             if not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
+                continue
             batch = self._take(self.max_rows)
             if not batch:
                 continue

@@ -157,8 +157,12 @@ class Repository:
 
 
 async def _retire(model: ServedModel) -> None:
-    """Stop a swapped-out model once the requests queued on it are answered (at most 30 s)."""
+    """Stop a swapped-out model once the requests already on it are answered.
+
+    Requests that looked it up before the swap are either mid-decode (`arriving`) or queued; new
+    ones see the new model. Wait for the first, then let the batcher drain the queue (30 s at most).
+    """
     deadline = time.monotonic() + 30
-    while model.batcher.queued_rows and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    while model.batcher.arriving and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
     await model.batcher.stop()

@@ -1,0 +1,586 @@
+"""`skylift serve` for real: protocols, batching, limits, replicas, faults, reloads, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from skylift.registry import Registry
+from skylift.spec import load_spec
+from skylift.train import fit
+from tests.conftest import EXAMPLE
+from tests.integration.serve_helpers import Server, running
+
+M = "mnist-mlp"
+
+
+@pytest.fixture(scope="module")
+def served_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home with mnist-mlp:1 and :2 registered (2 and 1 epochs)."""
+    home = tmp_path_factory.mktemp("serve-home")
+    fit(load_spec(EXAMPLE, ["train.epochs=2"]), home=home)
+    fit(load_spec(EXAMPLE, ["train.epochs=1", "train.seed=1"]), home=home)
+    return home
+
+
+@pytest.fixture(scope="module")
+def server(served_home: Path) -> Iterator[Server]:
+    with running(served_home, f"{M}:1", "--no-auth", "--replicas", "2") as s:
+        yield s
+
+
+def _expected(home: Path, x: np.ndarray, version: int = 1) -> np.ndarray:
+    module = Registry(home).load(f"{M}:{version}").module
+    with torch.inference_mode():
+        return torch.softmax(module(torch.from_numpy(x)), -1).numpy()
+
+
+def _x(rows: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((rows, 784), dtype=np.float32)
+
+
+def test_health_metadata_and_openapi(server: Server) -> None:
+    assert server.request("GET", "/v2/health/live")[0] == 200
+    status, _, body = server.request("GET", "/v2/health/ready")
+    assert status == 200 and json.loads(body) == {"ready": True}
+    meta = json.loads(server.request("GET", "/v2")[2])
+    assert "binary_tensor_data" in meta["extensions"]
+    model = json.loads(server.request("GET", f"/v2/models/{M}")[2])
+    assert model["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 784]}]
+    assert model["parameters"]["classes"] == [str(i) for i in range(10)]
+    assert server.request("GET", f"/v2/models/{M}/versions/1/ready")[0] == 200
+    assert (
+        json.loads(server.request("GET", f"/v1/models/{M}")[2])["model_version_status"][0]["state"]
+        == "AVAILABLE"
+    )
+    paths = json.loads(server.request("GET", "/openapi.json")[2])["paths"]
+    for route in (
+        "/v2/models/{model}/infer",
+        "/v1/models/{model}:predict",
+        "/metrics",
+        "/v2/repository/index",
+    ):
+        assert route in paths
+
+
+def test_v2_json_infer_matches_the_model(served_home: Path, server: Server) -> None:
+    x = _x(3)
+    status, out = server.infer(M, x, id="req-7")
+    assert status == 200 and out["id"] == "req-7" and out["model_version"] == "1"
+    probs = np.asarray(out["outputs"][0]["data"], dtype=np.float32).reshape(3, 10)
+    want = _expected(served_home, x)
+    np.testing.assert_allclose(probs, want, atol=1e-6)
+    assert out["outputs"][1] == {
+        "name": "label",
+        "datatype": "BYTES",
+        "shape": [3],
+        "data": [str(i) for i in want.argmax(1)],
+    }
+
+
+def test_v2_binary_tensors_raw(served_home: Path, server: Server) -> None:
+    x = _x(5, seed=1)
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [5, 784],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}, {"name": "label"}],
+        }
+    ).encode()
+    status, headers, body = server.request(
+        "POST",
+        f"/v2/models/{M}/infer",
+        head + x.tobytes(),
+        {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"},
+    )
+    assert status == 200
+    n = int(headers["inference-header-content-length"])
+    meta = json.loads(body[:n])
+    size = meta["outputs"][0]["parameters"]["binary_data_size"]
+    probs = np.frombuffer(body[n : n + size], dtype="<f4").reshape(5, 10)
+    np.testing.assert_allclose(probs, _expected(served_home, x), atol=1e-6)
+    assert len(meta["outputs"][1]["data"]) == 5
+
+
+def test_tritonclient_works_unchanged(served_home: Path, server: Server) -> None:
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(f"{server.host}:{server.port}")
+    try:
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(M)
+        assert client.get_model_metadata(M)["inputs"][0]["shape"] == [-1, 784]
+        x = _x(4, seed=2)
+        want = _expected(served_home, x)
+        for binary in (False, True):
+            inp = triton.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x, binary_data=binary)
+            outs = [
+                triton.InferRequestedOutput("probabilities", binary_data=binary),
+                triton.InferRequestedOutput("label", binary_data=binary),
+            ]
+            result = client.infer(M, [inp], outputs=outs)
+            np.testing.assert_allclose(result.as_numpy("probabilities"), want, atol=1e-6)
+            labels = [v.decode() if isinstance(v, bytes) else v for v in result.as_numpy("label").tolist()]
+            assert labels == [str(i) for i in want.argmax(1)]
+    finally:
+        client.close()
+
+
+def test_tf_serving_rows_and_columns(served_home: Path, server: Server) -> None:
+    x = _x(2, seed=3)
+    want = _expected(served_home, x)
+    status, _, body = server.request(
+        "POST", f"/v1/models/{M}:predict", json.dumps({"instances": x.tolist()}).encode()
+    )
+    assert status == 200
+    preds = json.loads(body)["predictions"]
+    np.testing.assert_allclose([p["probabilities"] for p in preds], want, atol=1e-6)
+    status, _, body = server.request(
+        "POST", f"/v1/models/{M}/versions/1:predict", json.dumps({"inputs": {"input": x.tolist()}}).encode()
+    )
+    assert status == 200
+    np.testing.assert_allclose(json.loads(body)["outputs"]["probabilities"], want, atol=1e-6)
+
+
+def test_oversized_requests_are_split_and_reassembled(served_home: Path, server: Server) -> None:
+    x = _x(300, seed=4)  # > --max-batch-rows 64
+    status, out = server.infer(M, x)
+    assert status == 200
+    np.testing.assert_allclose(
+        np.reshape(out["outputs"][0]["data"], (300, 10)), _expected(served_home, x), atol=1e-6
+    )
+
+
+def _json(inputs: object) -> bytes:
+    return json.dumps({"inputs": inputs}).encode()
+
+
+GOOD = {"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [0.5] * 784}
+BINARY_HEAD = _json(
+    [{"name": "input", "shape": [1, 784], "datatype": "FP32", "parameters": {"binary_data_size": 3136}}]
+)
+BAD_REQUESTS = [
+    ("malformed json", "POST", f"/v2/models/{M}/infer", b'{"inputs": [', {}, 400, "not valid JSON"),
+    ("not an object", "POST", f"/v2/models/{M}/infer", b"[1, 2]", {}, 400, "JSON object"),
+    (
+        "wrong tensor name",
+        "POST",
+        f"/v2/models/{M}/infer",
+        _json([{**GOOD, "name": "x"}]),
+        {},
+        400,
+        "unknown input 'x'",
+    ),
+    (
+        "wrong shape",
+        "POST",
+        f"/v2/models/{M}/infer",
+        _json([{**GOOD, "shape": [1, 783]}]),
+        {},
+        400,
+        "does not match",
+    ),
+    (
+        "wrong count",
+        "POST",
+        f"/v2/models/{M}/infer",
+        _json([{**GOOD, "shape": [2, 784]}]),
+        {},
+        400,
+        "784 values do not make 2",
+    ),
+    (
+        "wrong datatype",
+        "POST",
+        f"/v2/models/{M}/infer",
+        _json([{**GOOD, "datatype": "FP8"}]),
+        {},
+        400,
+        "datatype 'FP8'",
+    ),
+    (
+        "strings as data",
+        "POST",
+        f"/v2/models/{M}/infer",
+        _json([{**GOOD, "data": ["a"] * 784}]),
+        {},
+        400,
+        "must be numbers",
+    ),
+    (
+        "nan literal",
+        "POST",
+        f"/v2/models/{M}/infer",
+        _json([{**GOOD, "data": [0.5] * 783 + [1]}]).replace(b"1]", b"NaN]"),
+        {},
+        400,
+        "not valid JSON",
+    ),
+    (
+        "binary header beyond body",
+        "POST",
+        f"/v2/models/{M}/infer",
+        _json([GOOD]),
+        {"Inference-Header-Content-Length": "99999"},
+        400,
+        "outside the body",
+    ),
+    (
+        "binary size mismatch",
+        "POST",
+        f"/v2/models/{M}/infer",
+        BINARY_HEAD + b"\0" * 100,
+        {"Inference-Header-Content-Length": str(len(BINARY_HEAD))},
+        400,
+        "binary_data_size 3136 != 100",
+    ),
+    ("unknown model", "POST", "/v2/models/nope/infer", _json([GOOD]), {}, 404, "unknown model 'nope'"),
+    ("unknown version", "POST", f"/v2/models/{M}/versions/9/infer", _json([GOOD]), {}, 404, "version '9'"),
+    ("unknown route", "GET", "/v3/anything", None, {}, 404, "no route"),
+    ("wrong method", "GET", f"/v2/models/{M}/infer", None, {}, 405, "not allowed"),
+    (
+        "wrong content type",
+        "POST",
+        f"/v2/models/{M}/infer",
+        _json([GOOD]),
+        {"Content-Type": "image/png"},
+        415,
+        "Content-Type",
+    ),
+    (
+        "v1 neither key",
+        "POST",
+        f"/v1/models/{M}:predict",
+        b'{"rows": []}',
+        {},
+        400,
+        "'instances' or 'inputs'",
+    ),
+    ("v1 ragged", "POST", f"/v1/models/{M}:predict", b'{"instances": [[1, 2], [3]]}', {}, 400, "same length"),
+    ("v1 unknown verb", "POST", f"/v1/models/{M}:classify", b"{}", {}, 404, ":classify"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "method", "path", "body", "headers", "status", "message"),
+    BAD_REQUESTS,
+    ids=[c[0] for c in BAD_REQUESTS],
+)
+def test_bad_requests_get_4xx_json_and_the_next_request_succeeds(
+    server: Server,
+    case: str,
+    method: str,
+    path: str,
+    body: bytes | None,
+    headers: dict[str, str],
+    status: int,
+    message: str,
+) -> None:
+    got, _, raw = server.request(method, path, body, headers)
+    assert got == status, raw
+    assert message in json.loads(raw)["error"]
+    assert server.infer(M, _x(1))[0] == 200
+
+
+def test_nan_rows_are_refused_in_binary_too(server: Server) -> None:
+    x = _x(2)
+    x[1, 5] = np.nan
+    head = _json(
+        [
+            {
+                "name": "input",
+                "shape": [2, 784],
+                "datatype": "FP32",
+                "parameters": {"binary_data_size": x.nbytes},
+            }
+        ]
+    )
+    status, _, raw = server.request(
+        "POST",
+        f"/v2/models/{M}/infer",
+        head + x.tobytes(),
+        {"Inference-Header-Content-Length": str(len(head))},
+    )
+    assert status == 400 and "row 1 contains NaN or Inf" in json.loads(raw)["error"]
+
+
+def test_body_over_the_limit_is_413(server: Server) -> None:
+    import socket
+
+    with socket.create_connection((server.host, server.port)) as sock:
+        sock.sendall(
+            f"POST /v2/models/{M}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {64 << 20}\r\n\r\n".encode()
+        )
+        reply = sock.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 413") and b"limit" in reply
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+        lambda inner: (
+            st.lists(inner, max_size=4)
+            | st.dictionaries(
+                st.sampled_from(
+                    ["inputs", "name", "shape", "datatype", "data", "parameters", "outputs", "instances"]
+                ),
+                inner,
+                max_size=4,
+            )
+        ),
+        max_leaves=12,
+    )
+)
+def test_fuzzed_bodies_never_get_a_5xx(server: Server, body: object) -> None:
+    raw = json.dumps(body).encode()
+    for path in (f"/v2/models/{M}/infer", f"/v1/models/{M}:predict"):
+        status, _, reply = server.request("POST", path, raw)
+        assert status < 500, reply
+        assert status == 200 or "error" in json.loads(reply)
+
+
+def test_metrics_count_requests_batches_and_replicas(server: Server) -> None:
+    for _ in range(3):
+        server.infer(M, _x(1))
+    time.sleep(1.2)  # replicas publish snapshots about once a second
+    status, headers, body = server.request("GET", "/metrics")
+    text = body.decode()
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    assert 'route="v2/models/infer",status="200"' in text
+    assert "skylift_request_seconds_bucket" in text and "skylift_batch_rows_bucket" in text
+    assert (
+        'skylift_replica_rss_bytes{replica="0"}' in text and 'skylift_replica_rss_bytes{replica="1"}' in text
+    )
+    assert "skylift_queue_rows" in text
+
+
+def _hammer(server: Server, stop: threading.Event, results: Counter[object], rows: int = 1) -> None:
+    x = _x(rows)
+    while not stop.is_set():
+        try:
+            results[server.infer(M, x)[0]] += 1
+        except OSError as exc:
+            results[type(exc).__name__] += 1
+
+
+def _load(server: Server, threads: int, seconds: float, rows: int = 1) -> Counter[object]:
+    stop, results = threading.Event(), Counter[object]()
+    workers = [threading.Thread(target=_hammer, args=(server, stop, results, rows)) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    time.sleep(seconds)
+    stop.set()
+    for w in workers:
+        w.join()
+    return results
+
+
+def test_concurrent_requests_are_batched(served_home: Path) -> None:
+    with running(served_home, M, "--no-auth", "--replicas", "1", "--max-delay-ms", "5") as s:
+        results = _load(s, threads=16, seconds=2)
+        assert set(results) == {200}
+        text = s.request("GET", "/metrics")[2].decode()
+    one_row = int(
+        next(
+            line
+            for line in text.splitlines()
+            if line.startswith('skylift_batch_rows_bucket{replica="0",le="1.0"}')
+        ).split()[-1]
+    )
+    total = int(
+        next(
+            line for line in text.splitlines() if line.startswith('skylift_batch_rows_count{replica="0"}')
+        ).split()[-1]
+    )
+    assert total < results[200], "some batches must hold several requests"
+    assert one_row < total
+
+
+def test_full_queue_answers_503_with_retry_after(served_home: Path) -> None:
+    with running(served_home, M, "--no-auth", "--replicas", "1", "--max-queue-rows", "64") as s:
+        body = _json(
+            [{"name": "input", "shape": [64, 784], "datatype": "FP32", "data": _x(64).ravel().tolist()}]
+        )
+        replies: list[tuple[int, dict[str, str], bytes]] = []
+
+        def send() -> None:
+            for _ in range(10):
+                replies.append(s.request("POST", f"/v2/models/{M}/infer", body))
+
+        threads = [threading.Thread(target=send) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        statuses = Counter(r[0] for r in replies)
+        assert statuses[200] > 0 and statuses[503] > 0 and set(statuses) == {200, 503}, statuses
+        _, headers, raw = next(r for r in replies if r[0] == 503)
+        assert headers["retry-after"] == "1" and "queue full" in json.loads(raw)["error"]
+        assert s.infer(M, _x(1))[0] == 200
+
+
+def test_past_deadline_is_504(served_home: Path) -> None:
+    with running(
+        served_home, M, "--no-auth", "--replicas", "1", "--timeout-ms", "1", "--max-batch-rows", "8"
+    ) as s:
+        status, out = s.infer(M, _x(500))
+        assert status == 504 and "deadline" in out["error"]
+
+
+def test_a_killed_replica_is_replaced_while_others_answer(served_home: Path) -> None:
+    with running(served_home, M, "--no-auth", "--replicas", "2") as s:
+        before = s.replicas()
+        assert len(before) == 2
+        stop, results = threading.Event(), Counter[object]()
+        workers = [threading.Thread(target=_hammer, args=(s, stop, results)) for _ in range(4)]
+        for w in workers:
+            w.start()
+        time.sleep(0.5)
+        os.kill(before[0], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (len(s.replicas()) < 2 or before[0] in s.replicas()):
+            time.sleep(0.1)
+        time.sleep(0.5)
+        stop.set()
+        for w in workers:
+            w.join()
+        after = s.replicas()
+        assert len(after) == 2 and before[0] not in after and before[1] in after
+        failed = sum(v for k, v in results.items() if k != 200)
+        assert results[200] > 20 and failed <= 4, results  # at most the requests in flight on the killed one
+        assert "replica 0 exited (killed by SIGKILL)" in s.log.read_text()
+
+
+def test_replicas_recycle_after_max_requests_without_failing_requests(served_home: Path) -> None:
+    with running(served_home, M, "--no-auth", "--replicas", "1", "--max-requests", "25") as s:
+        first = s.replicas()
+        results = Counter(s.infer(M, _x(1))[0] for _ in range(60))
+        assert results == Counter({200: 60})
+        assert s.replicas() != first
+
+
+def test_sigterm_drains_in_flight_requests(served_home: Path) -> None:
+    # One row per batch: a 3000-row request then takes a few seconds, long enough to be caught mid-way.
+    args = ("--no-auth", "--replicas", "2", "--max-batch-rows", "1", "--max-queue-rows", "8192")
+    with running(served_home, M, *args) as s:
+        replicas = s.replicas()
+        results: list[int] = []
+
+        def send() -> None:
+            results.append(s.infer_binary(M, _x(3000)))
+
+        threads = [threading.Thread(target=send) for _ in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        os.killpg(s.proc.pid, signal.SIGTERM)
+        for t in threads:
+            t.join()
+        assert s.proc.wait(timeout=60) == 0
+        assert results == [200, 200]
+        assert not [p for p in replicas if Path(f"/proc/{p}").exists()]
+
+
+def test_reload_follows_an_alias_without_failing_requests(served_home: Path) -> None:
+    registry = Registry(served_home)
+    registry.promote(M, 1, "production")
+    with running(served_home, f"{M}@production", "--no-auth", "--replicas", "2") as s:
+        assert s.infer(M, _x(1))[1]["model_version"] == "1"
+        stop, results = threading.Event(), Counter[object]()
+        workers = [threading.Thread(target=_hammer, args=(s, stop, results)) for _ in range(3)]
+        for w in workers:
+            w.start()
+        registry.promote(M, 2, "production")
+        status, _, body = s.request("POST", f"/v2/repository/models/{M}/load", b"")
+        assert status == 200 and json.loads(body)["loaded"] == f"{M}:2"
+        time.sleep(1.5)  # the other replica follows within its poll interval
+        stop.set()
+        for w in workers:
+            w.join()
+        assert set(results) == {200}
+        versions = {s.infer(M, _x(1))[1]["model_version"] for _ in range(10)}
+        assert versions == {"2"}
+        index = json.loads(s.request("POST", "/v2/repository/index", b"")[2])
+        assert index == [{"name": M, "version": "2", "state": "READY", "reference": f"{M}@production"}]
+        assert s.request("POST", f"/v2/repository/models/{M}/unload", b"")[0] == 200
+        time.sleep(1.2)
+        assert s.request("GET", "/v2/health/ready")[0] == 503
+        assert s.infer(M, _x(1))[0] == 404
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((M,), "start with --no-auth"),
+        ((M, "--no-auth", "--host", "0.0.0.0"), "--no-auth is refused on a non-loopback address"),
+        (("nope", "--no-auth"), "no model named 'nope'"),
+        ((M, "--no-auth", "--replicas", "0"), "--replicas must be >= 1"),
+        ((M, "--no-auth", "--max-queue-rows", "8"), "must be >= --max-batch-rows"),
+        ((f"{M}:x", "--no-auth"), f"{M}:x"),
+    ],
+)
+def test_bad_server_settings_are_one_line(served_home: Path, args: tuple[str, ...], message: str) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "skylift", "serve", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SKYLIFT_HOME": str(served_home)},
+        timeout=60,
+    )
+    assert out.returncode == 2 and message in out.stderr and out.stderr.count("\n") == 1, out.stderr
+
+
+def test_tampered_model_is_refused_before_serving(served_home: Path, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    shutil.copytree(served_home / "registry", home / "registry")
+    weights = home / "registry" / M / "1" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    out = subprocess.run(
+        [sys.executable, "-m", "skylift", "serve", f"{M}:1", "--no-auth"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SKYLIFT_HOME": str(home)},
+        timeout=60,
+    )
+    assert out.returncode == 1 and "model.safetensors" in out.stderr and out.stderr.count("\n") == 1
+
+
+def test_binary_bytes_layout_of_labels(server: Server) -> None:
+    head = (
+        _json([{**GOOD, "shape": [1, 784]}])[:-1]
+        + b', "outputs": [{"name": "label", "parameters": {"binary_data": true}}]}'
+    )
+    status, headers, body = server.request("POST", f"/v2/models/{M}/infer", head)
+    assert status == 200
+    n = int(headers["inference-header-content-length"])
+    (length,) = struct.unpack("<I", body[n : n + 4])
+    assert length == 1 and body[n + 4 :].decode().isdigit()
