@@ -161,6 +161,16 @@ def test_tf_serving_rows_and_columns(served_home: Path, server: Server) -> None:
     np.testing.assert_allclose(json.loads(body)["outputs"]["probabilities"], want, atol=1e-6)
 
 
+def test_onnx_runtime_gives_the_same_answers(served_home: Path) -> None:
+    x = _x(7, seed=5)
+    with running(served_home, f"{M}:1", "--no-auth", "--replicas", "1", "--runtime", "onnx") as s:
+        status, out = s.infer(M, x)
+    assert status == 200
+    np.testing.assert_allclose(
+        np.reshape(out["outputs"][0]["data"], (7, 10)), _expected(served_home, x), atol=1e-5
+    )
+
+
 def test_oversized_requests_are_split_and_reassembled(served_home: Path, server: Server) -> None:
     x = _x(300, seed=4)  # > --max-batch-rows 64
     status, out = server.infer(M, x)

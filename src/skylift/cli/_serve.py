@@ -22,6 +22,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--max-body-mb", type=float, default=16.0, help="request body limit (413)")
     p.add_argument("--max-requests", type=int, default=0, help="recycle a replica after N requests")
     p.add_argument("--max-rss-mb", type=int, default=0, help="recycle a replica past this memory")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch", help="inference engine")
     p.add_argument("--no-auth", action="store_true", help="serve without API keys (loopback only)")
     p.add_argument(
         "--key-file", help="registry master key for encrypted models (default: $SKYLIFT_MASTER_KEY)"
@@ -49,5 +50,6 @@ def _serve(args: argparse.Namespace) -> int:
         max_rss_mb=args.max_rss_mb,
         no_auth=args.no_auth,
         key_file=args.key_file,
+        runtime=args.runtime,
     )
     return serve(config, say=lambda line: print(line, flush=True))

@@ -38,6 +38,8 @@ class ServeConfig:
     """Registry master key file for encrypted models (default: $SKYLIFT_MASTER_KEY)."""
     threads: int = 1
     """Torch intra-op threads per replica."""
+    runtime: str = "torch"
+    """Inference engine: torch (eager) or onnx (onnxruntime over the ONNX export)."""
 
     @property
     def max_body_bytes(self) -> int:
@@ -64,6 +66,8 @@ class ServeConfig:
                 raise SpecError(f"{name} must be >= {low}, got {value}")
         if self.port > 65535:
             raise SpecError(f"--port must be <= 65535, got {self.port}")
+        if self.runtime not in ("torch", "onnx"):
+            raise SpecError(f"--runtime must be torch or onnx, got {self.runtime!r}")
         if self.max_delay_ms < 0 or self.max_body_mb <= 0:
             raise SpecError("--max-delay-ms must be >= 0 and --max-body-mb > 0")
         if self.max_queue_rows < self.max_batch_rows:

@@ -39,13 +39,31 @@ class ServedModel:
     info: dict[str, Any]
 
 
-def _runner(module: Any) -> Any:
+def _torch_runner(module: Any) -> Any:
     import torch
 
     def run(x_RS: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             logits_RC = module(torch.from_numpy(x_RS))
             return torch.softmax(logits_RC.float(), dim=-1).numpy()
+
+    return run
+
+
+def _onnx_runner(path: Path, threads: int) -> Any:
+    """onnxruntime over the exported model; softmax of the logits in numpy."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(x_RS: np.ndarray) -> np.ndarray:
+        logits_RC: np.ndarray = np.asarray(session.run(None, {"input": x_RS})[0], dtype=np.float32)
+        z_RC: np.ndarray = np.exp(logits_RC - logits_RC.max(axis=1, keepdims=True))
+        probs_RC: np.ndarray = z_RC / z_RC.sum(axis=1, keepdims=True)
+        return probs_RC
 
     return run
 
@@ -68,9 +86,17 @@ class Repository:
     def _load(self, name: str, version: int, requested: str) -> ServedModel:
         from skylift.registry import Registry
 
-        loaded = Registry(self.config.home, self.config.master_key).load(f"{name}:{version}")
+        registry = Registry(self.config.home, self.config.master_key)
+        loaded = registry.load(f"{name}:{version}")
         sig = Signature(tuple(loaded.input_shape), tuple(str(c) for c in loaded.classes))
-        run = _runner(loaded.module)
+        if self.config.runtime == "onnx":
+            # Exported from the verified load into the server's private state folder.
+            path = registry.export(
+                f"{name}:{version}", "onnx", self.config.state_dir / f"{name}-{version}.onnx"
+            )
+            run = _onnx_runner(path, self.config.threads)
+        else:
+            run = _torch_runner(loaded.module)
         c = self.config
         for rows in (1, c.max_batch_rows):  # warm-up: first calls allocate and pick kernels
             run(np.zeros((rows, *sig.input_shape), dtype=np.float32))
