@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -23,11 +24,21 @@ class Server:
     host: str
     port: int
     log: Path
+    key: str | None = None
+    """Sent as Authorization: Bearer on every request unless the caller sets its own headers."""
+    tls: ssl.SSLContext | None = None
 
     def request(
         self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
     ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        if self.tls is not None:
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                self.host, self.port, timeout=30, context=self.tls
+            )
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        if headers is None and self.key:
+            headers = {"Authorization": f"Bearer {self.key}"}
         try:
             conn.request(method, path, body=body, headers=headers or {})
             resp = conn.getresponse()
@@ -86,7 +97,14 @@ def _cmdline(pid: int) -> str:
 
 
 @contextmanager
-def running(home: Path, *args: str, ready: bool = True, timeout: float = 120) -> Iterator[Server]:
+def running(
+    home: Path,
+    *args: str,
+    ready: bool = True,
+    timeout: float = 120,
+    key: str | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> Iterator[Server]:
     """`skylift serve ARGS --port 0` in its own session; yields once /v2/health/ready answers 200."""
     log = home / f"serve-{time.monotonic_ns()}.log"
     out = log.open("w")
@@ -103,14 +121,14 @@ def running(home: Path, *args: str, ready: bool = True, timeout: float = 120) ->
         deadline = time.monotonic() + timeout
         port = None
         while port is None:
-            match = re.search(r"on http://([\d.]+):(\d+)", log.read_text())
+            match = re.search(r"on https?://([\d.]+):(\d+)", log.read_text())
             if match:
                 host, port = match.group(1), int(match.group(2))
             elif proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"server did not start: {log.read_text()}")
             else:
                 time.sleep(0.05)
-        server = Server(proc, host, port, log)
+        server = Server(proc, host, port, log, key, tls)
         while ready:
             try:
                 if server.request("GET", "/v2/health/ready")[0] == 200:

@@ -63,6 +63,21 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
     k = sub.add_parser("keys", parents=[common], help="master keys for encryption at rest")
     ks = k.add_subparsers(dest="keys_command", metavar="ACTION", parser_class=type(k), required=True)
+    p = ks.add_parser("create", parents=[common], help="a new API key for `skylift serve` (printed once)")
+    p.add_argument("--name", required=True, help="who or what uses the key (shown in audit logs)")
+    p.add_argument("--scope", default="predict", help="comma list of predict, metrics, admin")
+    p.add_argument("--expires", help="lifetime, e.g. 30d, 12h (default: never)")
+    p.add_argument("--rate-limit", type=float, help="requests/s for this key (default: the server's)")
+    p.set_defaults(run=_key_create)
+    p = ks.add_parser(
+        "list", parents=[common], help="names, scopes and expiry of the API keys (never the keys)"
+    )
+    p.set_defaults(run=_key_list)
+    p = ks.add_parser(
+        "revoke", parents=[common], help="delete an API key; running servers drop it within seconds"
+    )
+    p.add_argument("name")
+    p.set_defaults(run=_key_revoke)
     p = ks.add_parser("master-create", parents=[common], help="write a new master key file (mode 0600)")
     p.add_argument("path", help="where to write the key; an existing file is never overwritten")
     p.set_defaults(run=_master_create)
@@ -241,4 +256,60 @@ def _master_create(args: argparse.Namespace) -> int:
         f"{args.path} or SKYLIFT_MASTER_KEY=$(cat {args.path})",
         highlight=False,
     )
+    return 0
+
+
+def _keystore(args: argparse.Namespace) -> Any:
+    from skylift.home import skylift_home
+    from skylift.security.apikeys import KeyStore, keys_file
+
+    return KeyStore(keys_file(skylift_home(args.home)))
+
+
+def _key_create(args: argparse.Namespace) -> int:
+    from skylift.security.apikeys import parse_duration, parse_scopes
+
+    scopes = parse_scopes(args.scope)
+    expires = parse_duration(args.expires) if args.expires else None
+    store = _keystore(args)
+    key, info = store.create(args.name, scopes, expires, args.rate_limit)
+    print(key)  # stdout holds the key alone, so `KEY=$(skylift keys create ...)` works
+    import sys
+
+    print(
+        f"created API key {info.name!r} (scopes: {', '.join(info.scopes)}) in {store.path}; "
+        "it is shown once and stored only as a salted hash",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _key_list(args: argparse.Namespace) -> int:
+    import time
+
+    from rich.table import Table
+
+    table = Table(
+        "name", "id", "scopes", "created", "expires", "rate limit", title="API keys", title_justify="left"
+    )
+    fmt = "%Y-%m-%d %H:%M"
+    for k in sorted(_keystore(args).infos(), key=lambda k: k.created):
+        expires = "never" if k.expires is None else time.strftime(fmt, time.gmtime(k.expires))
+        if k.expired():
+            expires += " (expired)"
+        table.add_row(
+            k.name,
+            k.key_id,
+            ",".join(k.scopes),
+            time.strftime(fmt, time.gmtime(k.created)),
+            expires,
+            "server default" if k.rate_limit is None else f"{k.rate_limit:g}/s",
+        )
+    _console().print(table)
+    return 0
+
+
+def _key_revoke(args: argparse.Namespace) -> int:
+    info = _keystore(args).revoke(args.name)
+    _console().print(f"revoked API key {info.name!r} ({info.key_id})")
     return 0

@@ -24,6 +24,17 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--max-rss-mb", type=int, default=0, help="recycle a replica past this memory")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch", help="inference engine")
     p.add_argument("--no-auth", action="store_true", help="serve without API keys (loopback only)")
+    p.add_argument("--tls-cert", type=Path, help="TLS certificate (PEM); serve HTTPS")
+    p.add_argument("--tls-key", type=Path, help="TLS private key (PEM)")
+    p.add_argument(
+        "--tls-self-signed",
+        action="store_true",
+        help="make a self-signed certificate (SKYLIFT_HOME/tls/), serve HTTPS",
+    )
+    p.add_argument("--tls-hosts", default="localhost,127.0.0.1", help="names and IPs for --tls-self-signed")
+    p.add_argument(
+        "--audit-log", type=Path, help="admin actions and auth failures (default: SKYLIFT_HOME/audit.log)"
+    )
     p.add_argument(
         "--key-file", help="registry master key for encrypted models (default: $SKYLIFT_MASTER_KEY)"
     )
@@ -51,5 +62,13 @@ def _serve(args: argparse.Namespace) -> int:
         no_auth=args.no_auth,
         key_file=args.key_file,
         runtime=args.runtime,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        audit_log=args.audit_log,
     )
-    return serve(config, say=lambda line: print(line, flush=True))
+    if args.tls_self_signed and (args.tls_cert or args.tls_key):
+        from skylift.errors import SpecError
+
+        raise SpecError("give either --tls-self-signed or --tls-cert/--tls-key")
+    hosts = tuple(h.strip() for h in args.tls_hosts.split(",") if h.strip()) if args.tls_self_signed else ()
+    return serve(config, say=lambda line: print(line, flush=True), self_signed_hosts=hosts)

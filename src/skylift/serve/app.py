@@ -7,13 +7,15 @@ overhead would be the largest cost after JSON parsing (see DESIGN.md section 7).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 
-from skylift.errors import ModelNotFound, Overloaded, SkyliftError
+from skylift.errors import AuthError, ModelNotFound, Overloaded, SkyliftError
+from skylift.security.apikeys import KeyInfo, KeyStore
 from skylift.serve import codec
 from skylift.serve.batcher import DeadlineExceeded
 from skylift.serve.codec import BadRequest
@@ -50,6 +52,64 @@ class App:
         self.served = 0
         self.on_request: Callable[[], None] | None = None
         """Called after each response (the replica uses it to count towards --max-requests)."""
+        self.keys = None if config.no_auth else KeyStore(config.keys)
+        self._keys_read = time.monotonic()
+
+    def _authorize(self, scope: dict[str, Any]) -> KeyInfo | None:
+        """The caller's key, checked against the route's scope; Reply(401/403) otherwise."""
+        path = scope["path"]
+        if self.keys is None or path == "/v2/health/live":
+            return None
+        now = time.monotonic()
+        if now - self._keys_read > 2.0:  # created and revoked keys apply within ~2 s
+            self._keys_read = now
+            self.keys.refresh()
+        need = (
+            "admin" if path.startswith("/v2/repository") else "metrics" if path == "/metrics" else "predict"
+        )
+        presented = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                presented = token.strip().decode("latin-1") if scheme.lower() == b"bearer" else ""
+            elif name == b"x-api-key":
+                presented = value.strip().decode("latin-1")
+        challenge = ((b"www-authenticate", b"Bearer"),)
+        if not presented:
+            self._audit(scope, None, "denied: no API key")
+            raise Reply(401, "missing API key: send Authorization: Bearer KEY or X-API-Key: KEY", challenge)
+        try:
+            key = self.keys.verify(presented)
+        except AuthError:
+            self._audit(scope, None, "denied: invalid key")
+            raise Reply(401, "invalid, expired or revoked API key", challenge) from None
+        if need not in key.scopes:
+            self._audit(scope, key.name, f"denied: needs scope {need}")
+            raise Reply(403, f"API key {key.name!r} lacks the {need!r} scope")
+        return key
+
+    def _audit(self, scope: dict[str, Any], key: str | None, outcome: str) -> None:
+        """One JSON line per admin action or auth failure; never the key itself."""
+        client = scope.get("client") or ("", 0)
+        line = (
+            orjson.dumps(
+                {
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "key": key,
+                    "method": scope["method"],
+                    "route": scope["path"][:200],
+                    "outcome": outcome,
+                    "client": f"{client[0]}:{client[1]}",
+                }
+            )
+            + b"\n"
+        )
+        # O_APPEND: each line lands whole even with several replicas writing.
+        fd = os.open(self.config.audit, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,7 +118,10 @@ class App:
         route = "unmatched"
         extra: tuple[tuple[bytes, bytes], ...] = ()
         try:
+            key = self._authorize(scope)
             route, status, body, headers = await self._dispatch(scope, receive)
+            if key is not None and route.startswith("v2/repository/"):
+                self._audit(scope, key.name, f"ok: {route.rsplit('/', 1)[1]}")
         except Reply as r:
             status, body, headers, extra = r.status, _error(str(r)), [JSON], r.headers
         except BadRequest as exc:

@@ -40,6 +40,12 @@ class ServeConfig:
     """Torch intra-op threads per replica."""
     runtime: str = "torch"
     """Inference engine: torch (eager) or onnx (onnxruntime over the ONNX export)."""
+    keys_path: Path | None = None
+    """API key store (default: SKYLIFT_HOME/keys.json or $SKYLIFT_API_KEYS_FILE)."""
+    audit_log: Path | None = None
+    """JSON lines of admin actions and auth failures (default: SKYLIFT_HOME/audit.log)."""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @property
     def max_body_bytes(self) -> int:
@@ -75,14 +81,34 @@ class ServeConfig:
                 f"--max-queue-rows ({self.max_queue_rows}) must be >= "
                 f"--max-batch-rows ({self.max_batch_rows})"
             )
-        if not self.no_auth:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise SpecError("--tls-cert and --tls-key go together")
+        for path in (self.tls_cert, self.tls_key):
+            if path is not None and not path.is_file():
+                raise SpecError(f"{path}: TLS file not found")
+        if self.no_auth:
+            if not is_loopback(self.host):
+                raise SpecError(
+                    f"--no-auth is refused on a non-loopback address ({self.host}): create API keys instead"
+                )
+            return
+        from skylift.security.apikeys import KeyStore
+
+        if not KeyStore(self.keys).usable():
             raise SpecError(
-                "API keys are not available in this version yet: start with --no-auth (loopback only)"
+                f"no usable API keys in {self.keys}: create one with "
+                "`skylift keys create --name NAME --scope predict`, or start with --no-auth (loopback only)"
             )
-        if not is_loopback(self.host):
-            raise SpecError(
-                f"--no-auth is refused on a non-loopback address ({self.host}): serve on 127.0.0.1"
-            )
+
+    @property
+    def keys(self) -> Path:
+        from skylift.security.apikeys import keys_file
+
+        return self.keys_path or keys_file(self.home)
+
+    @property
+    def audit(self) -> Path:
+        return self.audit_log or self.home / "audit.log"
 
 
 def is_loopback(host: str) -> bool:

@@ -54,6 +54,8 @@ def _replica(config: ServeConfig, sock: socket.socket, index: int) -> None:
             server_header=False,
             date_header=False,
             backlog=2048,
+            ssl_certfile=str(config.tls_cert) if config.tls_cert else None,
+            ssl_keyfile=str(config.tls_key) if config.tls_key else None,
         )
     )
     recycled = False
@@ -136,7 +138,11 @@ class Supervisor:
         sock = _listen(config.host, config.port)
         port = sock.getsockname()[1]
         served = ", ".join(f"{n}:{m['version']} (as {m['ref']})" for n, m in models.items())
-        self.say(f"serving {served} on http://{config.host}:{port} with {config.replicas} replica(s)")
+        scheme = "https" if config.tls_cert else "http"
+        auth = "no auth (loopback only)" if config.no_auth else f"API keys from {config.keys}"
+        self.say(
+            f"serving {served} on {scheme}://{config.host}:{port} with {config.replicas} replica(s), {auth}"
+        )
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         try:
@@ -193,13 +199,34 @@ def _how(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def serve(config: ServeConfig, say: Callable[[str], None] = print) -> int:
-    """Run the server until SIGTERM/SIGINT; blocks. Raises SkyliftError before start on bad settings."""
+def serve(
+    config: ServeConfig, say: Callable[[str], None] = print, self_signed_hosts: tuple[str, ...] = ()
+) -> int:
+    """Run the server until SIGTERM/SIGINT; blocks. Raises SkyliftError before start on bad settings.
+
+    `self_signed_hosts`: make a fresh self-signed TLS certificate for these names (kept in
+    SKYLIFT_HOME/tls/ so clients can verify it) and serve HTTPS with it.
+    """
+    if self_signed_hosts:
+        from skylift.security.tls import self_signed
+
+        folder = config.home / "tls"
+        folder.mkdir(parents=True, exist_ok=True)
+        cert, key, fingerprint = self_signed(folder, self_signed_hosts)
+        say(f"self-signed TLS certificate {cert} for {', '.join(self_signed_hosts)}; SHA-256 {fingerprint}")
+        config = replace(config, tls_cert=cert, tls_key=key)
     config.check()
     state = Path(tempfile.mkdtemp(prefix="skylift-serve-"))
     try:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        config = replace(config, state_dir=state, threads=max(1, cores // config.replicas))
+        # Resolved here, once: replicas must not each read the environment.
+        config = replace(
+            config,
+            state_dir=state,
+            threads=max(1, cores // config.replicas),
+            keys_path=config.keys,
+            audit_log=config.audit,
+        )
         return Supervisor(config, say).run()
     finally:
         shutil.rmtree(state, ignore_errors=True)

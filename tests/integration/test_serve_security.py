@@ -1,0 +1,198 @@
+"""Secure serving for real: API keys and scopes, live key changes, audit log, TLS."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from skylift.errors import AuthError
+from skylift.security.apikeys import KeyStore
+from skylift.spec import load_spec
+from skylift.train import fit
+from tests.conftest import EXAMPLE
+from tests.integration.serve_helpers import Server, running
+
+M = "mnist-mlp"
+ONE_ROW = json.dumps(
+    {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [0.1] * 784}]}
+)
+
+
+def _keys(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "skylift", "keys", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SKYLIFT_HOME": str(home)},
+        timeout=60,
+    )
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("secure-home")
+    fit(load_spec(EXAMPLE, ["train.epochs=1"]), home=home)
+    return home
+
+
+@pytest.fixture(scope="module")
+def keys(home: Path) -> dict[str, str]:
+    made = {}
+    for name, scope in (("app", "predict"), ("ops", "metrics"), ("root", "predict,metrics,admin")):
+        out = _keys(home, "create", "--name", name, "--scope", scope)
+        assert out.returncode == 0, out.stderr
+        made[name] = out.stdout.strip()
+    return made
+
+
+@pytest.fixture(scope="module")
+def server(home: Path, keys: dict[str, str]) -> Iterator[Server]:
+    with running(home, M, "--replicas", "1", key=keys["app"]) as s:
+        yield s
+
+
+def test_keys_are_shown_once_and_stored_hashed(home: Path, keys: dict[str, str]) -> None:
+    store = home / "keys.json"
+    text = store.read_text()
+    assert stat.S_IMODE(store.stat().st_mode) == 0o600
+    for key in keys.values():
+        assert key.startswith("sk_") and key not in text and key.split("_")[2] not in text
+    listing = _keys(home, "list")
+    assert listing.returncode == 0 and "app" in listing.stdout and "root" in listing.stdout
+    assert not any(k.split("_")[2][:10] in listing.stdout for k in keys.values())
+    bad = _keys(home, "create", "--name", "x", "--scope", "root")
+    assert bad.returncode == 2 and "--scope takes a comma list" in bad.stderr
+
+
+def test_unknown_id_and_wrong_secret_fail_alike(home: Path, keys: dict[str, str]) -> None:
+    store = KeyStore(home / "keys.json")
+    key_id = keys["app"].split("_")[1]
+    for wrong in (f"sk_{key_id}_{'A' * 43}", f"sk_00000000_{'A' * 43}", "sk_", "x" * 5000, ""):
+        with pytest.raises(AuthError, match=r"^invalid API key$"):
+            store.verify(wrong)
+    assert store.verify(keys["app"]).name == "app"
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"Authorization": "Bearer"}, 401),
+        ({"Authorization": "Basic dXNlcjpwYXNz"}, 401),
+        ({"Authorization": "Bearer sk_12345678_short"}, 401),
+        ({"Authorization": "Bearer " + "A" * 6000}, 401),
+        ({"X-API-Key": "not-a-key"}, 401),
+    ],
+)
+def test_missing_or_bad_credentials_are_401(server: Server, headers: dict[str, str], status: int) -> None:
+    got, reply_headers, body = server.request("POST", f"/v2/models/{M}/infer", ONE_ROW.encode(), headers)
+    assert got == status and reply_headers.get("www-authenticate") == "Bearer"
+    assert "API key" in json.loads(body)["error"]
+
+
+def test_truncated_valid_key_is_401_and_never_echoed(server: Server, keys: dict[str, str]) -> None:
+    truncated = keys["app"][:-3]
+    got, _, body = server.request("GET", f"/v2/models/{M}", None, {"X-API-Key": truncated})
+    assert got == 401 and truncated.encode() not in body
+
+
+def test_scopes(server: Server, keys: dict[str, str]) -> None:
+    bearer = {"Authorization": f"Bearer {keys['app']}"}
+    assert server.request("POST", f"/v2/models/{M}/infer", ONE_ROW.encode(), bearer)[0] == 200
+    assert (
+        server.request("POST", f"/v2/models/{M}/infer", ONE_ROW.encode(), {"X-API-Key": keys["app"]})[0]
+        == 200
+    )
+    assert server.request("GET", "/v2/health/live", None, {})[0] == 200  # liveness needs no key
+    assert server.request("GET", "/v2/health/ready", None, {})[0] == 401
+    assert server.request("GET", "/metrics", None, bearer)[0] == 403
+    assert server.request("GET", "/metrics", None, {"X-API-Key": keys["ops"]})[0] == 200
+    assert server.request("POST", "/v2/repository/index", b"", bearer)[0] == 403
+    status, _, body = server.request("POST", "/v2/repository/index", b"", {"X-API-Key": keys["root"]})
+    assert status == 200 and json.loads(body)[0]["name"] == M
+    assert (
+        server.request("POST", f"/v2/models/{M}/infer", ONE_ROW.encode(), {"X-API-Key": keys["ops"]})[0]
+        == 403
+    )
+
+
+def test_keys_created_and_revoked_apply_without_restart(home: Path, server: Server) -> None:
+    new = _keys(home, "create", "--name", "late", "--scope", "predict").stdout.strip()
+    short = _keys(home, "create", "--name", "brief", "--scope", "predict", "--expires", "2s").stdout.strip()
+
+    def status(key: str) -> int:
+        return server.request("GET", f"/v2/models/{M}", None, {"X-API-Key": key})[0]
+
+    deadline = time.monotonic() + 10
+    while status(new) != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert status(new) == 200
+    assert _keys(home, "revoke", "late").returncode == 0
+    deadline = time.monotonic() + 10
+    while status(new) != 401 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert status(new) == 401
+    time.sleep(2.1)
+    assert status(short) == 401  # expired
+
+
+def test_audit_log_records_failures_and_admin_actions_without_keys(
+    home: Path, server: Server, keys: dict[str, str]
+) -> None:
+    server.request("GET", "/metrics", None, {"X-API-Key": keys["app"]})
+    server.request("POST", "/v2/repository/index", b"", {"X-API-Key": keys["root"]})
+    server.request("POST", f"/v2/repository/models/{M}/load", b"", {"X-API-Key": keys["root"]})
+    lines = [json.loads(line) for line in (home / "audit.log").read_text().splitlines()]
+    assert {"key": "app", "outcome": "denied: needs scope metrics"}.items() <= lines[-3].items() or any(
+        entry["key"] == "app" and entry["outcome"] == "denied: needs scope metrics" for entry in lines
+    )
+    assert any(
+        e["key"] == "root" and e["outcome"] == "ok: load" and e["client"].startswith("127.0.0.1:")
+        for e in lines
+    )
+    assert any(e["key"] is None and e["outcome"] == "denied: no API key" for e in lines)
+    text = (home / "audit.log").read_text()
+    assert not any(k.split("_")[2] in text for k in keys.values())
+
+
+def test_tls_self_signed_with_a_verifying_client(home: Path, keys: dict[str, str]) -> None:
+    ctx = ssl.create_default_context(cafile=None)
+    cert = home / "tls" / "tls-cert.pem"
+    with running(home, M, "--replicas", "1", "--tls-self-signed", key=keys["app"], ready=False) as s:
+        deadline = time.monotonic() + 30
+        while not cert.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ctx = ssl.create_default_context(cafile=str(cert))  # verifies the chain and the host name
+        s.tls = ctx
+        while time.monotonic() < deadline:
+            try:
+                if s.request("GET", "/v2/health/ready")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        assert "SHA-256" in s.log.read_text() and "https://127.0.0.1" in s.log.read_text()
+        assert (
+            s.request(
+                "POST", f"/v2/models/{M}/infer", ONE_ROW.encode(), {"Authorization": f"Bearer {keys['app']}"}
+            )[0]
+            == 200
+        )
+        # plain HTTP to the TLS port fails cleanly, and the server carries on
+        with socket.create_connection((s.host, s.port), timeout=10) as raw:
+            raw.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            reply = raw.recv(1024)
+        assert not reply.startswith(b"HTTP/1.1 200")
+        assert s.request("GET", "/v2/health/live")[0] == 200
+        untrusting = ssl.create_default_context()
+        with pytest.raises(ssl.SSLCertVerificationError):
+            Server(s.proc, s.host, s.port, s.log, None, untrusting).request("GET", "/v2/health/live")
