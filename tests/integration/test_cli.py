@@ -37,6 +37,9 @@ def test_quickstart_trains_and_reports_metrics(home: Path) -> None:
     right, sent = out.stdout.split(" correct over HTTP")[0].split()[-1].split("/")
     assert sent == "10" and int(right) >= 7
     assert "stopped" in out.stdout
+    # over TLS with a fresh API key, and the curl command it prints worked against the server
+    assert "Authorization: Bearer sk_" in out.stdout and "--cacert" in out.stdout
+    assert '-> {"model_name":"mnist-mlp"' in out.stdout
 
 
 def test_train_then_evaluate_prints_tables_and_writes_confusion_png(home: Path, tmp_path: Path) -> None:
