@@ -196,3 +196,85 @@ def test_tls_self_signed_with_a_verifying_client(home: Path, keys: dict[str, str
         untrusting = ssl.create_default_context()
         with pytest.raises(ssl.SSLCertVerificationError):
             Server(s.proc, s.host, s.port, s.log, None, untrusting).request("GET", "/v2/health/live")
+
+
+def test_rate_limit_is_shared_by_replicas_and_overridable_per_key(home: Path, keys: dict[str, str]) -> None:
+    fast = _keys(
+        home, "create", "--name", "bulk", "--scope", "predict", "--rate-limit", "1000"
+    ).stdout.strip()
+    with running(home, M, "--replicas", "2", "--rate-limit", "5", key=keys["app"]) as s:
+        time.sleep(1.1)  # let the readiness probes' tokens refill
+        tick = time.monotonic()
+        replies = [s.request("GET", f"/v2/models/{M}", None, {"X-API-Key": keys["app"]}) for _ in range(40)]
+        elapsed = time.monotonic() - tick
+        allowed = sum(r[0] == 200 for r in replies)
+        assert {r[0] for r in replies} == {200, 429}
+        assert allowed <= 5 + 5 * elapsed + 1  # one bucket for both replicas, not one each
+        limited = next(r for r in replies if r[0] == 429)
+        assert (
+            int(limited[1]["retry-after"]) >= 1
+            and "rate limit of 5 requests/s" in json.loads(limited[2])["error"]
+        )
+        assert all(
+            s.request("GET", f"/v2/models/{M}", None, {"X-API-Key": fast})[0] == 200 for _ in range(40)
+        )
+
+
+def test_compressed_requests_and_responses(server: Server, keys: dict[str, str]) -> None:
+    import gzip
+
+    import zstandard
+
+    auth = {"Authorization": f"Bearer {keys['app']}"}
+    for encoding, packed in (
+        ("gzip", gzip.compress(ONE_ROW.encode())),
+        ("zstd", zstandard.ZstdCompressor().compress(ONE_ROW.encode())),
+    ):
+        status, headers, body = server.request(
+            "POST", f"/v2/models/{M}/infer", packed, {**auth, "Content-Encoding": encoding}
+        )
+        assert status == 200, body
+        assert headers.get("content-encoding") is None  # small answer, no Accept-Encoding
+    rows = json.dumps(
+        {"inputs": [{"name": "input", "shape": [50, 784], "datatype": "FP32", "data": [0.2] * 39200}]}
+    )
+    for accept, expected in (
+        ("gzip", "gzip"),
+        ("zstd;q=1, gzip;q=0.5", "zstd"),
+        ("br", None),
+        ("zstd;q=0", None),
+    ):
+        status, headers, body = server.request(
+            "POST", f"/v2/models/{M}/infer", rows.encode(), {**auth, "Accept-Encoding": accept}
+        )
+        assert status == 200 and headers.get("content-encoding") == expected
+        if expected == "gzip":
+            body = gzip.decompress(body)
+        elif expected == "zstd":
+            body = zstandard.ZstdDecompressor().decompress(body)
+        assert len(json.loads(body)["outputs"][0]["data"]) == 500
+
+
+def test_compression_attacks_get_4xx_and_the_server_stays_up(server: Server, keys: dict[str, str]) -> None:
+    import gzip
+
+    import zstandard
+
+    auth = {"Authorization": f"Bearer {keys['app']}"}
+    bomb = gzip.compress(b"\0" * (200 << 20), compresslevel=9)  # 200 MiB of zeros in ~200 KB
+    liar = bytearray(zstandard.ZstdCompressor(write_content_size=True).compress(b"{}"))
+    zbomb = zstandard.ZstdCompressor(level=19).compress(b"[" * (64 << 20))
+    cases = [
+        (bomb, "gzip", 413, "inflates past"),
+        (zbomb, "zstd", 413, "inflates past"),
+        (bytes(liar[:-3]), "zstd", 400, "zstd"),
+        (gzip.compress(ONE_ROW.encode())[:-10], "gzip", 400, "gzip body is"),
+        (b"not gzip at all", "gzip", 400, "gzip body is corrupt"),
+        (ONE_ROW.encode(), "br", 415, "Content-Encoding 'br'"),
+    ]
+    for body, encoding, status, message in cases:
+        got, _, raw = server.request(
+            "POST", f"/v2/models/{M}/infer", body, {**auth, "Content-Encoding": encoding}
+        )
+        assert got == status and message in json.loads(raw)["error"], (encoding, raw[:200])
+    assert server.request("POST", f"/v2/models/{M}/infer", ONE_ROW.encode(), auth)[0] == 200

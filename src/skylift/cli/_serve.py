@@ -23,6 +23,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--max-requests", type=int, default=0, help="recycle a replica after N requests")
     p.add_argument("--max-rss-mb", type=int, default=0, help="recycle a replica past this memory")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch", help="inference engine")
+    p.add_argument(
+        "--rate-limit", type=float, default=100.0, help="requests/s per API key, all replicas (0: off)"
+    )
     p.add_argument("--no-auth", action="store_true", help="serve without API keys (loopback only)")
     p.add_argument("--tls-cert", type=Path, help="TLS certificate (PEM); serve HTTPS")
     p.add_argument("--tls-key", type=Path, help="TLS private key (PEM)")
@@ -65,6 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         audit_log=args.audit_log,
+        rate_limit=args.rate_limit,
     )
     if args.tls_self_signed and (args.tls_cert or args.tls_key):
         from skylift.errors import SpecError

@@ -7,6 +7,7 @@ overhead would be the largest cost after JSON parsing (see DESIGN.md section 7).
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -16,12 +17,13 @@ import orjson
 
 from skylift.errors import AuthError, ModelNotFound, Overloaded, SkyliftError
 from skylift.security.apikeys import KeyInfo, KeyStore
-from skylift.serve import codec
+from skylift.serve import codec, compression
 from skylift.serve.batcher import DeadlineExceeded
 from skylift.serve.codec import BadRequest
 from skylift.serve.config import ServeConfig
 from skylift.serve.metrics import Metrics
 from skylift.serve.openapi import openapi
+from skylift.serve.ratelimit import RateLimiter
 from skylift.serve.repository import Repository, ServedModel
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -53,6 +55,8 @@ class App:
         self.on_request: Callable[[], None] | None = None
         """Called after each response (the replica uses it to count towards --max-requests)."""
         self.keys = None if config.no_auth else KeyStore(config.keys)
+        self.limiter: RateLimiter | None = None
+        """Shared per-key token buckets, set by the replica (None: no limits)."""
         self._keys_read = time.monotonic()
 
     def _authorize(self, scope: dict[str, Any]) -> KeyInfo | None:
@@ -88,6 +92,30 @@ class App:
             raise Reply(403, f"API key {key.name!r} lacks the {need!r} scope")
         return key
 
+    def _limit(self, key: KeyInfo) -> None:
+        rate = key.rate_limit or self.config.rate_limit
+        if rate <= 0 or self.limiter is None:
+            return
+        wait = self.limiter.allow(key.key_id, rate)
+        if wait > 0:
+            retry = str(max(1, math.ceil(wait))).encode()
+            raise Reply(
+                429,
+                f"rate limit of {rate:g} requests/s for key {key.name!r} exceeded",
+                ((b"retry-after", retry),),
+            )
+
+    def _compress(
+        self, scope: dict[str, Any], body: bytes, extra: tuple[tuple[bytes, bytes], ...]
+    ) -> tuple[bytes, tuple[tuple[bytes, bytes], ...]]:
+        for name, value in scope["headers"]:
+            if name == b"accept-encoding":
+                chosen = compression.choose(value)
+                if chosen:
+                    vary = ((b"content-encoding", chosen), (b"vary", b"Accept-Encoding"))
+                    return compression.encode_body(body, chosen), (*extra, *vary)
+        return body, extra
+
     def _audit(self, scope: dict[str, Any], key: str | None, outcome: str) -> None:
         """One JSON line per admin action or auth failure; never the key itself."""
         client = scope.get("client") or ("", 0)
@@ -119,6 +147,8 @@ class App:
         extra: tuple[tuple[bytes, bytes], ...] = ()
         try:
             key = self._authorize(scope)
+            if key is not None and self.limiter is not None:
+                self._limit(key)
             route, status, body, headers = await self._dispatch(scope, receive)
             if key is not None and route.startswith("v2/repository/"):
                 self._audit(scope, key.name, f"ok: {route.rsplit('/', 1)[1]}")
@@ -134,6 +164,8 @@ class App:
             status, body, headers = 404, _error(str(exc)), [JSON]
         except SkyliftError as exc:
             status, body, headers = 500, _error(str(exc)), [JSON]
+        if len(body) >= compression.MIN_COMPRESS_BYTES:
+            body, extra = self._compress(scope, body, extra)
         await send({"type": "http.response.start", "status": status, "headers": [*headers, *extra]})
         await send({"type": "http.response.body", "body": body})
         self.metrics.observe(route, status, time.perf_counter() - start)
@@ -158,7 +190,12 @@ class App:
                 raise Reply(413, f"body is over the {limit}-byte limit")
             chunks.append(chunk)
             if not msg.get("more_body"):
-                return b"".join(chunks)
+                break
+        body = b"".join(chunks)
+        for name, value in scope["headers"]:
+            if name == b"content-encoding":
+                return compression.decode_body(body, value, limit)
+        return body
 
     def _model(self, name: str, version: str | None) -> ServedModel:
         model = self.repo.models.get(name)

@@ -46,6 +46,8 @@ class ServeConfig:
     """JSON lines of admin actions and auth failures (default: SKYLIFT_HOME/audit.log)."""
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    rate_limit: float = 100.0
+    """Requests per second per API key, shared by all replicas (0: no limit); keys may override."""
 
     @property
     def max_body_bytes(self) -> int:
@@ -74,6 +76,8 @@ class ServeConfig:
             raise SpecError(f"--port must be <= 65535, got {self.port}")
         if self.runtime not in ("torch", "onnx"):
             raise SpecError(f"--runtime must be torch or onnx, got {self.runtime!r}")
+        if self.rate_limit < 0:
+            raise SpecError(f"--rate-limit must be >= 0 requests/s, got {self.rate_limit}")
         if self.max_delay_ms < 0 or self.max_body_mb <= 0:
             raise SpecError("--max-delay-ms must be >= 0 and --max-body-mb > 0")
         if self.max_queue_rows < self.max_batch_rows:

@@ -24,24 +24,27 @@ from pathlib import Path
 
 from skylift.errors import SkyliftError
 from skylift.serve.config import ServeConfig
+from skylift.serve.ratelimit import SharedBuckets, shared_buckets
 
 RECYCLE = 64  # a replica's exit code asking to be replaced (served --max-requests)
 DRAIN_S = 30  # graceful shutdown budget for in-flight requests
 
 
-def _replica(config: ServeConfig, sock: socket.socket, index: int) -> None:
+def _replica(config: ServeConfig, sock: socket.socket, index: int, buckets: SharedBuckets) -> None:
     """Entry point of one replica process."""
     import torch
     import uvicorn
 
     from skylift.serve.app import App
     from skylift.serve.metrics import Metrics
+    from skylift.serve.ratelimit import RateLimiter
     from skylift.serve.repository import Repository
 
     torch.set_num_threads(config.threads)
     metrics = Metrics(index, config.state_dir)
     repo = Repository(config, metrics)
     app = App(config, repo, metrics)
+    app.limiter = RateLimiter(buckets)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -119,10 +122,13 @@ class Supervisor:
         self.procs: list[BaseProcess | None] = [None] * config.replicas
         self.stopping = False
         self.crashes: list[float] = []
+        self.buckets = shared_buckets()
 
     def _start(self, sock: socket.socket, index: int) -> None:
         ctx = multiprocessing.get_context("spawn")
-        proc = ctx.Process(target=_replica, args=(self.config, sock, index), name=f"skylift-replica-{index}")
+        proc = ctx.Process(
+            target=_replica, args=(self.config, sock, index, self.buckets), name=f"skylift-replica-{index}"
+        )
         proc.start()
         self.procs[index] = proc
 

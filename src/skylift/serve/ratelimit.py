@@ -1,0 +1,63 @@
+"""Per-key rate limits shared by every replica on the host: token buckets in shared memory.
+
+The supervisor creates the table; each replica gets the same shared arrays and lock. A bucket
+holds up to one second of requests (burst = rate) and refills continuously.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from dataclasses import dataclass
+from typing import Any
+
+SLOTS = 4096  # distinct keys tracked at once; probing 8 slots makes collisions harmless
+_PROBE = 8
+
+
+@dataclass
+class SharedBuckets:
+    """Picklable handle to the shared table (send it to spawned replicas)."""
+
+    ids: Any  # RawArray of int64 key ids, 0 = empty
+    tokens: Any  # RawArray of doubles
+    stamps: Any  # RawArray of doubles (monotonic seconds)
+    lock: Any
+
+
+def shared_buckets() -> SharedBuckets:
+    ctx = multiprocessing.get_context("spawn")
+    return SharedBuckets(
+        ctx.RawArray("q", SLOTS), ctx.RawArray("d", SLOTS), ctx.RawArray("d", SLOTS), ctx.Lock()
+    )
+
+
+class RateLimiter:
+    def __init__(self, buckets: SharedBuckets) -> None:
+        self.b = buckets
+
+    def allow(self, key_id: str, rate: float) -> float:
+        """0.0 if a request of `key_id` may go now (taking a token), else seconds until it may."""
+        ident = int(key_id, 16) + 1  # never 0, which marks an empty slot
+        now = time.monotonic()
+        b = self.b
+        with b.lock:
+            slot = ident % SLOTS
+            for probe in range(_PROBE):
+                i = (slot + probe) % SLOTS
+                if b.ids[i] == ident:
+                    break
+                if b.ids[i] == 0:
+                    b.ids[i], b.tokens[i], b.stamps[i] = ident, rate, now
+                    break
+            else:  # crowded neighbourhood: take over the stalest slot
+                i = min(((slot + p) % SLOTS for p in range(_PROBE)), key=lambda j: b.stamps[j])
+                b.ids[i], b.tokens[i], b.stamps[i] = ident, rate, now
+            tokens = min(rate, b.tokens[i] + (now - b.stamps[i]) * rate)
+            b.stamps[i] = now
+            if tokens >= 1.0:
+                b.tokens[i] = tokens - 1.0
+                return 0.0
+            b.tokens[i] = tokens
+            wait: float = (1.0 - tokens) / rate
+            return wait
