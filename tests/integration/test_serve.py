@@ -406,7 +406,10 @@ def _load(server: Server, threads: int, seconds: float, rows: int = 1) -> Counte
 
 
 def test_concurrent_requests_are_batched(served_home: Path) -> None:
-    with running(served_home, M, "--no-auth", "--replicas", "1", "--max-delay-ms", "5") as s:
+    # --cache none: the same input over and over must reach the model, not the response cache
+    with running(
+        served_home, M, "--no-auth", "--replicas", "1", "--max-delay-ms", "5", "--cache", "none"
+    ) as s:
         results = _load(s, threads=16, seconds=2)
         assert set(results) == {200}
         text = s.request("GET", "/metrics")[2].decode()
@@ -427,7 +430,9 @@ def test_concurrent_requests_are_batched(served_home: Path) -> None:
 
 
 def test_full_queue_answers_503_with_retry_after(served_home: Path) -> None:
-    with running(served_home, M, "--no-auth", "--replicas", "1", "--max-queue-rows", "64") as s:
+    with running(
+        served_home, M, "--no-auth", "--replicas", "1", "--max-queue-rows", "64", "--cache", "none"
+    ) as s:
         body = _json(
             [{"name": "input", "shape": [64, 784], "datatype": "FP32", "data": _x(64).ravel().tolist()}]
         )
@@ -594,3 +599,69 @@ def test_binary_bytes_layout_of_labels(server: Server) -> None:
     n = int(headers["inference-header-content-length"])
     (length,) = struct.unpack("<I", body[n : n + 4])
     assert length == 1 and body[n + 4 :].decode().isdigit()
+
+
+def test_repeated_inputs_are_answered_from_the_cache(served_home: Path, server: Server) -> None:
+    x = _x(2, seed=42)
+    body = {"inputs": [{"name": "input", "shape": [2, 784], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    replies = []
+    for rid in ("first", "second"):
+        status, headers, raw = server.request(
+            "POST", f"/v2/models/{M}/infer", json.dumps({**body, "id": rid}).encode(), {}
+        )
+        replies.append((status, headers.get("x-cache"), json.loads(raw)))
+    (s1, c1, r1), (s2, c2, r2) = replies
+    assert (s1, s2) == (200, 200) and c1 == "miss"
+    # two replicas: the second request may land on the other replica's (empty) memory cache
+    assert c2 in ("hit", "miss") and r2["id"] == "second"
+    assert r1["outputs"] == r2["outputs"]
+    hits = [
+        server.request("POST", f"/v2/models/{M}/infer", json.dumps(body).encode(), {})[1]["x-cache"]
+        for _ in range(6)
+    ]
+    assert "hit" in hits
+    np.testing.assert_allclose(
+        np.reshape(r2["outputs"][0]["data"], (2, 10)), _expected(served_home, x), atol=1e-6
+    )
+    time.sleep(1.2)
+    text = server.request("GET", "/metrics")[2].decode()
+    assert "skylift_cache_hits_total" in text and "skylift_cache_misses_total" in text
+
+
+def test_redis_cache_is_shared_by_replicas_and_redis_dying_fails_no_request(served_home: Path) -> None:
+    from tests.unit.serve.test_serve_cache import RedisServer, _free_port
+
+    redis = RedisServer(_free_port())
+    redis.start()
+    try:
+        with running(served_home, M, "--no-auth", "--replicas", "2", "--cache", redis.url) as s:
+            x = _x(1, seed=99)
+            body = json.dumps(
+                {
+                    "inputs": [
+                        {"name": "input", "shape": [1, 784], "datatype": "FP32", "data": x.ravel().tolist()}
+                    ]
+                }
+            ).encode()
+            assert s.request("POST", f"/v2/models/{M}/infer", body, {})[1]["x-cache"] == "miss"
+            # whichever replica answers, the entry is there: the cache is shared
+            assert {s.request("POST", f"/v2/models/{M}/infer", body, {})[1]["x-cache"] for _ in range(8)} == {
+                "hit"
+            }
+            stop, results = threading.Event(), Counter[object]()
+            workers = [threading.Thread(target=_hammer, args=(s, stop, results)) for _ in range(3)]
+            for w in workers:
+                w.start()
+            time.sleep(0.3)
+            redis.stop()  # Redis dies under load
+            time.sleep(1.5)
+            stop.set()
+            for w in workers:
+                w.join()
+            assert set(results) == {200} and results[200] > 10, results
+            assert s.request("POST", f"/v2/models/{M}/infer", body, {})[0] == 200
+            time.sleep(1.2)
+            assert 'skylift_cache_healthy{replica="0"} 0' in s.request("GET", "/metrics")[2].decode()
+            assert "unreachable" in s.log.read_text()
+    finally:
+        redis.stop()

@@ -26,6 +26,8 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rate-limit", type=float, default=100.0, help="requests/s per API key, all replicas (0: off)"
     )
+    p.add_argument("--cache", default="memory", help="response cache: memory, redis://HOST:PORT/DB, or none")
+    p.add_argument("--cache-mb", type=float, default=64.0, help="response cache budget in MiB (0: off)")
     p.add_argument("--no-auth", action="store_true", help="serve without API keys (loopback only)")
     p.add_argument("--tls-cert", type=Path, help="TLS certificate (PEM); serve HTTPS")
     p.add_argument("--tls-key", type=Path, help="TLS private key (PEM)")
@@ -69,6 +71,8 @@ def _serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         audit_log=args.audit_log,
         rate_limit=args.rate_limit,
+        cache=None if args.cache == "none" else args.cache,
+        cache_mb=0.0 if args.cache == "none" else args.cache_mb,
     )
     if args.tls_self_signed and (args.tls_cert or args.tls_key):
         from skylift.errors import SpecError

@@ -13,12 +13,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import numpy as np
 import orjson
 
 from skylift.errors import AuthError, ModelNotFound, Overloaded, SkyliftError
 from skylift.security.apikeys import KeyInfo, KeyStore
 from skylift.serve import codec, compression
 from skylift.serve.batcher import DeadlineExceeded
+from skylift.serve.cache import ResponseCache, cache_key
 from skylift.serve.codec import BadRequest
 from skylift.serve.config import ServeConfig
 from skylift.serve.metrics import Metrics
@@ -55,6 +57,8 @@ class App:
         self.on_request: Callable[[], None] | None = None
         """Called after each response (the replica uses it to count towards --max-requests)."""
         self.keys = None if config.no_auth else KeyStore(config.keys)
+        self.cache: ResponseCache | None = None
+        """Response cache, set by the replica (None: off)."""
         self.limiter: RateLimiter | None = None
         """Shared per-key token buckets, set by the replica (None: no limits)."""
         self._keys_read = time.monotonic()
@@ -280,28 +284,36 @@ class App:
             req = codec.decode_v2(await self._read(scope, receive), header_length, model.signature)
         finally:
             batcher.arriving -= 1
-        probs = await self._predict(model, req.x)
+        probs, cached = await self._predict(model, req.x)
         labels = _labels(model, probs)
         body, head_len = codec.encode_v2(model.name, str(model.version), req, probs, labels)
         if head_len is None:
-            return 200, body, [JSON]
-        return (
-            200,
-            body,
-            [
-                (b"content-type", b"application/octet-stream"),
-                (b"inference-header-content-length", str(head_len).encode()),
-            ],
-        )
+            return 200, body, [JSON, *cached]
+        binary = (b"content-type", b"application/octet-stream")
+        return 200, body, [binary, (b"inference-header-content-length", str(head_len).encode()), *cached]
 
-    async def _predict(self, model: ServedModel, x: Any) -> Any:
+    async def _predict(self, model: ServedModel, x: Any) -> tuple[Any, list[tuple[bytes, bytes]]]:
+        """(probabilities, extra headers): from the response cache, else from the model's batcher."""
+        key = None
+        n_classes = len(model.signature.classes)
+        if self.cache is not None:
+            # The model's output is cached, not the encoded body: that echoes the request id and
+            # the output options, which are applied again to the cached probabilities.
+            key = cache_key(model.name, model.version, x, b"probabilities")
+            hit = await self.cache.get(key)
+            if hit is not None and len(hit) == len(x) * n_classes * 4:
+                return np.frombuffer(hit, dtype="<f4").reshape(len(x), n_classes), [(b"x-cache", b"hit")]
         deadline = time.monotonic() + self.config.timeout_ms / 1000
         try:
-            return await asyncio.wait_for(model.batcher.submit(x, deadline), self.config.timeout_ms / 1000)
+            probs = await asyncio.wait_for(model.batcher.submit(x, deadline), self.config.timeout_ms / 1000)
         except TimeoutError:
             raise DeadlineExceeded from None
         except RuntimeError as exc:
             raise Reply(500, str(exc)) from None
+        if self.cache is None or key is None:
+            return probs, []
+        await self.cache.put(key, probs.astype("<f4", copy=False).tobytes())
+        return probs, [(b"x-cache", b"miss")]
 
     async def _v1(
         self, method: str, parts: list[str], scope: dict[str, Any], receive: Receive
@@ -336,8 +348,13 @@ class App:
             x, columnar = codec.decode_v1(await self._read(scope, receive), model.signature)
         finally:
             model.batcher.arriving -= 1
-        probs = await self._predict(model, x)
-        return "v1/models/predict", 200, codec.encode_v1(probs, _labels(model, probs), columnar), [JSON]
+        probs, cached = await self._predict(model, x)
+        return (
+            "v1/models/predict",
+            200,
+            codec.encode_v1(probs, _labels(model, probs), columnar),
+            [JSON, *cached],
+        )
 
     async def _repository(
         self, method: str, parts: list[str], receive: Receive, scope: dict[str, Any]

@@ -46,6 +46,10 @@ class ServeConfig:
     """JSON lines of admin actions and auth failures (default: SKYLIFT_HOME/audit.log)."""
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    cache: str | None = "memory"
+    """Response cache: memory (per replica), redis://HOST:PORT/DB (shared), or None."""
+    cache_mb: float = 64.0
+    """Byte budget of the response cache (0: off)."""
     rate_limit: float = 100.0
     """Requests per second per API key, shared by all replicas (0: no limit); keys may override."""
 
@@ -76,6 +80,9 @@ class ServeConfig:
             raise SpecError(f"--port must be <= 65535, got {self.port}")
         if self.runtime not in ("torch", "onnx"):
             raise SpecError(f"--runtime must be torch or onnx, got {self.runtime!r}")
+        from skylift.serve.cache import make_cache
+
+        make_cache(self.cache, self.cache_mb)  # validates --cache and --cache-mb (connects to nothing)
         if self.rate_limit < 0:
             raise SpecError(f"--rate-limit must be >= 0 requests/s, got {self.rate_limit}")
         if self.max_delay_ms < 0 or self.max_body_mb <= 0:

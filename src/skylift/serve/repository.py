@@ -22,6 +22,9 @@ from skylift.serve.batcher import Batcher
 from skylift.serve.codec import Signature
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from skylift.serve.cache import ResponseCache
     from skylift.serve.config import ServeConfig
     from skylift.serve.metrics import Metrics
 
@@ -78,6 +81,8 @@ class Repository:
         self.generation = -1
         self.ready = False
         self._retiring: set[asyncio.Task[None]] = set()
+        self.on_swap: Callable[[str], Awaitable[None]] | None = None
+        """Called with a model's name when its version changes or it is unloaded (cache invalidation)."""
 
     @property
     def state_path(self) -> Path:
@@ -127,8 +132,14 @@ class Repository:
             self.models[name] = model
             if current:
                 self._retire(current)
+                await self._swapped(name)
         for name in [n for n in self.models if n not in wanted]:
             self._retire(self.models.pop(name))
+            await self._swapped(name)
+
+    async def _swapped(self, name: str) -> None:
+        if self.on_swap is not None:
+            await self.on_swap(name)
 
     def _retire(self, model: ServedModel) -> None:
         task = asyncio.get_running_loop().create_task(_retire(model))
@@ -171,7 +182,8 @@ class Repository:
         await self.apply(models)
         self.generation = generation
 
-    async def watch(self, interval_s: float = 0.5) -> None:
+    async def watch(self, cache: ResponseCache | None = None, interval_s: float = 0.5) -> None:
+        """Follow the shared state; publish metrics (queue depth, cache counters) as it goes."""
         while True:
             await asyncio.sleep(interval_s)
             try:
@@ -179,6 +191,8 @@ class Repository:
             except Exception as exc:  # a bad reload must not take the serving models down
                 print(f"skylift serve: reload failed: {exc}", flush=True)
             self.metrics.extra["queue_rows"] = sum(m.batcher.queued_rows for m in self.models.values())
+            if cache is not None:
+                self.metrics.extra.update({f"cache_{k}": v for k, v in cache.stats().items()})
             self.metrics.publish()
 
 

@@ -36,6 +36,7 @@ def _replica(config: ServeConfig, sock: socket.socket, index: int, buckets: Shar
     import uvicorn
 
     from skylift.serve.app import App
+    from skylift.serve.cache import make_cache
     from skylift.serve.metrics import Metrics
     from skylift.serve.ratelimit import RateLimiter
     from skylift.serve.repository import Repository
@@ -73,11 +74,17 @@ def _replica(config: ServeConfig, sock: socket.socket, index: int, buckets: Shar
 
     async def main() -> None:
         await repo.sync()  # verified load + warm-up before this replica accepts a connection
-        watcher = asyncio.get_running_loop().create_task(repo.watch())
+        app.cache = make_cache(config.cache, config.cache_mb)
+        if app.cache is not None:
+            await app.cache.check()  # says so in one line when Redis is down from the start
+            repo.on_swap = app.cache.invalidate
+        watcher = asyncio.get_running_loop().create_task(repo.watch(app.cache))
         try:
             await server.serve(sockets=[sock])
         finally:
             watcher.cancel()
+            if app.cache is not None:
+                await app.cache.close()
 
     asyncio.run(main())
     sys.exit(RECYCLE if recycled else 0)

@@ -1,0 +1,296 @@
+"""The response cache: answers to repeated inputs, kept in process memory (LRU by bytes) or in a shared Redis.
+
+A key names the model, its version, the input tensor and the output options (`cache_key`); a value
+is whatever bytes the server chooses to keep for it. Both backends share one contract
+(`ResponseCache`) and one test suite. The cache is an optimisation only: a failing backend costs
+a miss, never a failed request.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import math
+import re
+import struct
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from skylift.errors import SpecError
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+REDIS_PREFIX = b"skylift:cache:"
+"""Every Redis key the cache writes starts with this: skylift:cache:<model>:<version>:<sha256 hex>."""
+
+_KEY_FORMAT = b"skylift-cache-key/1\0"  # bump when the hashed layout changes: old entries then miss
+_T = TypeVar("_T")
+
+
+def cache_key(model: str, version: int, x: np.ndarray, options: bytes) -> bytes:
+    """`model:version:` then the SHA-256 hex of the canonical input and the output options.
+
+    The input is hashed as float32 little-endian C-order bytes with its shape, so the same values
+    give the same key whatever the caller's dtype, byte order or memory layout; values that differ
+    in any bit (including 0.0 vs -0.0) give different keys. `options` is everything else that
+    changes the answer's bytes (requested outputs, binary or JSON, ...).
+    """
+    x_c = np.asarray(x, dtype="<f4", order="C")
+    h = hashlib.sha256(_KEY_FORMAT)
+    # Lengths first, so no (shape, options, data) split can collide with another.
+    h.update(struct.pack(f"<Q{x_c.ndim}QQ", x_c.ndim, *x_c.shape, len(options)))
+    h.update(options)
+    h.update(x_c.data)
+    return f"{model}:{version}:".encode() + h.hexdigest().encode()
+
+
+class ResponseCache(abc.ABC):
+    """Maps `cache_key` bytes to response bytes within a byte budget.
+
+    Contract, kept by every implementation and checked by one shared test suite:
+
+    - `get` returns the value last `put` under the key, or None (a miss); `put` may decline to
+      store (an entry over the size limit), so a `get` after a `put` may still miss.
+    - Never raises to the caller because of the backend: a failing backend counts an error
+      (`errors_total`) and behaves as a miss (`get`) or as a no-op (`put`, `invalidate`).
+    - Threads: not thread-safe; one instance is used from one event loop (one per process).
+    - Budget: `max_bytes` bounds the stored keys plus values (see each implementation for how).
+    - `invalidate(model)` drops every entry of that model, all versions.
+    - `stats()` is cheap (no I/O): hits_total, misses_total, errors_total, plus per-backend gauges.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes < 1:
+            raise SpecError(f"cache max_bytes must be >= 1, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self.hits = 0
+        self.misses = 0
+        self.errors = 0
+
+    @abc.abstractmethod
+    async def get(self, key: bytes) -> bytes | None:
+        """The value stored under `key`, or None."""
+
+    @abc.abstractmethod
+    async def put(self, key: bytes, value: bytes) -> None:
+        """Store `value` under `key` (or decline to, if it is too large)."""
+
+    @abc.abstractmethod
+    async def invalidate(self, model: str) -> None:
+        """Drop every entry of `model`, all versions."""
+
+    @abc.abstractmethod
+    def stats(self) -> dict[str, float]:
+        """Counters and gauges for /metrics, without I/O."""
+
+    async def check(self) -> bool:
+        """Whether the backend answers now (a start-up probe; logs like any failure)."""
+        return True
+
+    async def close(self) -> None:  # noqa: B027 - optional hook: most caches hold nothing to release
+        """Release connections; the cache is not used afterwards."""
+
+    def _counters(self) -> dict[str, float]:
+        return {"hits_total": self.hits, "misses_total": self.misses, "errors_total": self.errors}
+
+
+class MemoryCache(ResponseCache):
+    """In-process LRU bounded by the summed length of keys and values.
+
+    Python's per-object overhead (~100 bytes an entry) is not counted: the budget is payload bytes.
+    An entry larger than the whole budget is not stored.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(max_bytes)
+        self._entries: OrderedDict[bytes, bytes] = OrderedDict()  # oldest use first
+        self._bytes = 0
+
+    async def get(self, key: bytes) -> bytes | None:
+        value = self._entries.get(key)
+        if value is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return value
+
+    async def put(self, key: bytes, value: bytes) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= len(key) + len(old)
+        size = len(key) + len(value)
+        if size > self.max_bytes:
+            return
+        self._entries[key] = value
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            k, v = self._entries.popitem(last=False)
+            self._bytes -= len(k) + len(v)
+
+    async def invalidate(self, model: str) -> None:
+        prefix = f"{model}:".encode()  # model names hold no ':' (registry rule)
+        for key in [k for k in self._entries if k.startswith(prefix)]:
+            self._bytes -= len(key) + len(self._entries.pop(key))
+
+    def stats(self) -> dict[str, float]:
+        return {**self._counters(), "bytes": self._bytes, "entries": len(self._entries)}
+
+
+class RedisCache(ResponseCache):
+    """A cache shared by replicas and hosts in one Redis database, entries expiring after `ttl_s`.
+
+    Redis bounds its own memory (`maxmemory`, the operator's business); here `max_bytes` only caps
+    one entry at `max_bytes // 16`. A dead or hung Redis costs one `timeout_s` wait, after which
+    Redis is skipped (every call a miss) for `retry_s`; the outage and the recovery are each logged
+    once to stderr, and `healthy` is 0 in `stats()` meanwhile. `stats()` has no `bytes`/`entries`:
+    the database is shared by all replicas, and Redis' INFO reports it better than any one replica.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        max_bytes: int,
+        ttl_s: float = 3600.0,
+        *,
+        timeout_s: float = 0.05,
+        retry_s: float = 1.0,
+    ) -> None:
+        super().__init__(max_bytes)
+        self.url = _check_redis_url(url)
+        """The URL without its password, for logs and errors."""
+        if not (ttl_s > 0 and math.isfinite(ttl_s)):
+            raise SpecError(f"cache ttl_s must be a positive number of seconds, got {ttl_s}")
+        try:
+            import redis.asyncio
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+        except ImportError:
+            raise SpecError(
+                f"--cache {self.url} needs the redis package: pip install 'redis>=5.0.1'"
+            ) from None
+        # 50 ms: a local Redis answers in well under 1 ms; longer means it is gone or hung. No
+        # client-side retries: the back-off below is the retry policy.
+        self._client: redis.asyncio.Redis = redis.asyncio.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._ttl_ms = max(1, int(ttl_s * 1000))
+        self._retry_s = retry_s
+        self._skip_until = 0.0  # time.monotonic() before which Redis is not tried
+        self.healthy = True
+
+    async def get(self, key: bytes) -> bytes | None:
+        value = await self._call(lambda c: c.get(REDIS_PREFIX + key))
+        if not isinstance(value, bytes):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return value
+
+    async def put(self, key: bytes, value: bytes) -> None:
+        name = REDIS_PREFIX + key
+        if len(name) + len(value) > self.max_bytes // 16:
+            return
+        await self._call(lambda c: c.set(name, value, px=self._ttl_ms))
+
+    async def invalidate(self, model: str) -> None:
+        pattern = REDIS_PREFIX + _glob_escape(model).encode() + b":*"
+
+        async def drop(client: redis.asyncio.Redis) -> None:
+            # SCAN, not KEYS: KEYS blocks the Redis server (shared by every replica) for a whole pass.
+            batch: list[bytes] = []
+            async for name in client.scan_iter(match=pattern, count=1000):
+                batch.append(name)
+                if len(batch) >= 500:
+                    await client.unlink(*batch)
+                    batch.clear()
+            if batch:
+                await client.unlink(*batch)
+
+        await self._call(drop)
+
+    async def check(self) -> bool:
+        return await self._call(lambda c: c.ping()) is not None
+
+    def stats(self) -> dict[str, float]:
+        return {**self._counters(), "healthy": 1 if self.healthy else 0}
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def _call(self, op: Callable[[redis.asyncio.Redis], Awaitable[_T]]) -> _T | None:
+        """`op(client)`, or None while backing off or when it fails (counted and logged)."""
+        if time.monotonic() < self._skip_until:
+            return None
+        try:
+            result = await op(self._client)
+        except Exception as exc:  # any backend failure must cost a miss, never a failed request
+            self.errors += 1
+            self._skip_until = time.monotonic() + self._retry_s
+            if self.healthy:
+                self.healthy = False
+                _log(
+                    f"response cache {self.url} unreachable ({type(exc).__name__}: {str(exc)[:200]}); "
+                    f"serving uncached, retrying every {self._retry_s:g} s"
+                )
+            return None
+        if not self.healthy:
+            self.healthy = True
+            _log(f"response cache {self.url} is back")
+        return result
+
+
+def make_cache(spec: str | None, max_mb: float) -> ResponseCache | None:
+    """The cache `--cache SPEC --cache-mb MAX_MB` asks for: None when MAX_MB is 0.
+
+    SPEC: None or "memory" (in this process), or redis://HOST:PORT/DB (rediss:// for TLS).
+    """
+    if not (max_mb >= 0 and math.isfinite(max_mb)):
+        raise SpecError(f"--cache-mb must be >= 0 (0 turns the cache off), got {max_mb}")
+    if max_mb == 0:
+        return None
+    max_bytes = max(1, int(max_mb * 2**20))  # MiB
+    if spec is None or spec == "memory":
+        return MemoryCache(max_bytes)
+    if spec.startswith(("redis://", "rediss://")):
+        return RedisCache(spec, max_bytes)
+    raise SpecError(f"--cache must be 'memory' or redis://HOST:PORT/DB, got {_redact(spec)!r}")
+
+
+def _check_redis_url(url: str) -> str:
+    """`url` without its password; SpecError naming the problem unless redis[s]://HOST[:PORT][/DB]."""
+    shown = _redact(url)
+    fix = "use redis://HOST:PORT/DB (rediss:// for TLS)"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in range
+    except ValueError as exc:
+        raise SpecError(f"--cache {shown!r} is not a valid URL ({exc}); {fix}") from None
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise SpecError(f"--cache {shown!r} is not a Redis URL; {fix}")
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise SpecError(f"--cache {shown!r}: the database must be a number, got {db!r}; {fix}")
+    return shown
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//[^/@]*@", "//****@", url)
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+def _log(message: str) -> None:
+    print(f"skylift serve: {message}", file=sys.stderr, flush=True)
