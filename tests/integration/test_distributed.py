@@ -32,8 +32,13 @@ def _skylift(home: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def _finish(proc: subprocess.Popen[str], timeout: float = 300) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=timeout)
+def _finish(proc: subprocess.Popen[str], timeout: float = 400) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # leave no workers behind for the next test
+        proc.communicate()
+        raise
     return proc.returncode, out, err
 
 
