@@ -142,16 +142,84 @@ class DistributedSpec(_Frozen):
         raise ValueError(f"must be a number of processes >= 1 or 'auto', got {v!r}")
 
 
+_KINDS = ("uniform", "log_uniform", "int", "choice")
+_MONITORS = Literal["val_loss", "val_accuracy", "val_f1", "val_precision", "val_recall"]
+
+
+def _check_param(path: str, entry: Any) -> None:
+    """ValueError naming `path` unless `entry` is {KIND: [low, high]} or {choice: [...]}."""
+    if not isinstance(entry, dict) or len(entry) != 1 or next(iter(entry)) not in _KINDS:
+        raise ValueError(
+            f"{path} must be one of {{uniform|log_uniform|int: [low, high]}} or {{choice: [...]}}"
+        )
+    kind, value = next(iter(entry.items()))
+    if kind == "choice":
+        ok = (
+            isinstance(value, list)
+            and value
+            and all(v is None or isinstance(v, str | int | float) for v in value)
+        )
+        if not ok:
+            raise ValueError(f"{path}: choice must be a non-empty list of numbers/strings, got {value!r}")
+        return
+    number = int if kind == "int" else int | float
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, number) and not isinstance(v, bool) for v in value)
+    ):
+        what = "whole numbers" if kind == "int" else "numbers"
+        raise ValueError(f"{path}: {kind} must be [low, high] with two {what}, got {value!r}")
+    low, high = value
+    if low > high:
+        raise ValueError(f"{path}: {kind} low must be <= high, got [{low}, {high}]")
+    if kind == "log_uniform" and low <= 0:
+        raise ValueError(f"{path}: log_uniform needs low > 0 (a log scale), got [{low}, {high}]")
+
+
+def _lookup(raw: Any, path: str) -> tuple[bool, Any]:
+    """(found, value) of dotted `path` in plain spec data; a numeric part indexes a list."""
+    node = raw
+    for part in path.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False, None
+    return True, node
+
+
 class TuneSpec(_Frozen):
     trials: int = Field(default=20, ge=1)
+    """Trials the study runs in total (a re-run resumes up to this count)."""
     parallel: int = Field(default=2, ge=1)
+    """Trials running at once, each a separate process."""
     sampler: Literal["tpe", "random", "grid", "gp", "cmaes"] = "tpe"
+    """Optuna sampler: tpe (Bayesian), random, grid (int/choice only), gp (Gaussian process), cmaes."""
     pruner: Literal["hyperband", "median", "none"] = "hyperband"
-    metric: str = "val_accuracy"
+    """Stops unpromising trials after an epoch."""
+    metric: _MONITORS = "val_accuracy"
+    """Validation metric a trial reports each epoch; its best epoch's value is the trial's value."""
     direction: Literal["maximize", "minimize"] = "maximize"
+    """Whether a higher or a lower `metric` is better."""
     storage: str | None = None
+    """Optuna storage URL (postgresql://...), or null: a journal file in SKYLIFT_HOME/studies/<study>/."""
+    seed: int | None = Field(default=None, ge=0)
+    """Sampler seed; null: a fresh random search each study."""
     space: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Dotted spec path -> {uniform|log_uniform|int: [low, high]} or {choice: [...]}."""
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _valid_space(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            raise ValueError(f"must map dotted spec paths to ranges, got {v!r}")
+        for path, entry in v.items():
+            if not isinstance(path, str) or not path or path == "name" or path.startswith("tune."):
+                raise ValueError(f"{path!r} cannot be searched (use a dotted path outside name and tune)")
+            _check_param(path, entry)
+        return v
 
 
 class ServeSpec(_Frozen):
@@ -181,6 +249,17 @@ class JobSpec(_Frozen):
             )
         return v
 
+    @model_validator(mode="after")
+    def _space_paths_exist(self) -> JobSpec:
+        raw = self.to_dict()
+        for path in self.tune.space:
+            found, value = _lookup(raw, path)
+            if not found:
+                raise ValueError(f"tune.space: {path} is not a field of this spec (check the dotted path)")
+            if isinstance(value, dict | list):
+                raise ValueError(f"tune.space: {path} is a section; name a single value inside it")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as plain data (every default filled in)."""
         return self.model_dump(mode="json")
@@ -198,7 +277,9 @@ def spec_hash(spec: JobSpec) -> str:
 
 def _describe(err: dict[str, Any]) -> str:
     """One line for one pydantic error: dotted field, what is wrong, the value given."""
-    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+    # repr() a key with control characters: the message must stay one line whatever the YAML held
+    parts = [str(p) if str(p).isprintable() else repr(str(p)) for p in err["loc"]]
+    loc = ".".join(p for p in parts if not p.startswith("function-after"))
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
         return f"{loc}: unknown field (check the spelling; see the spec reference in README.md)"

@@ -28,7 +28,7 @@ def _common(default: object) -> argparse.ArgumentParser:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from skylift.cli import _models, _serve, _train
+    from skylift.cli import _models, _serve, _train, _tune
 
     p = _Parser(
         prog="skylift", description="Train, tune, register and serve PyTorch models.", parents=[_common(None)]
@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     _train.add_commands(sub, common)
     _models.add_commands(sub, common)
     _serve.add_commands(sub, common)
+    _tune.add_commands(sub, common)
     return p
 
 

@@ -8,6 +8,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -139,12 +140,15 @@ def launch(
     observer: TrainObserver | None = None,
     progress: bool = False,
     key_file: Path | str | None = None,
+    epoch_hook: tuple[str, str] | None = None,
 ) -> TrainResult | None:
     """Run the job; returns the result on the node that holds rank 0's run folder, else None.
 
     One worker on one node trains in this process. Otherwise the elastic agent starts the workers,
     restarts them all (up to `max_restarts`) when one dies, and they resume from last.pt. The
     registry's master key comes from `key_file`, else $SKYLIFT_MASTER_KEY (workers inherit it).
+    `epoch_hook` = ("module:factory", arg): rank 0 builds `factory(arg)` and passes it to `fit` as
+    `on_epoch` (named, not a callable, because it must cross into the worker processes).
     """
     from skylift.security import master_key_from_env
     from skylift.train.loop import fit
@@ -152,7 +156,8 @@ def launch(
     home = skylift_home(home)
     key = master_key_from_env(key_file)  # fail on a bad key before training, not after
     if placement.workers == 1 and placement.nnodes == 1:
-        return fit(spec, home=home, run_id=run_id, observer=observer, master_key=key)
+        on_epoch = load_epoch_hook(*epoch_hook) if epoch_hook else None
+        return fit(spec, home=home, run_id=run_id, observer=observer, master_key=key, on_epoch=on_epoch)
     if run_id is None:
         # Every node must agree on the run id without talking first: derive it from what they share.
         shared = f"{placement.rdzv_endpoint}|{spec_hash(spec)}" if placement.nnodes > 1 else None
@@ -162,7 +167,7 @@ def launch(
     with tempfile.TemporaryDirectory(prefix="skylift-launch-") as tmp:
         spec_file = Path(tmp) / "spec.yaml"
         spec_file.write_text(spec.to_yaml())
-        _agent(spec_file, run_id, home, placement, progress, key_file)
+        _agent(spec_file, run_id, home, placement, progress, key_file, epoch_hook)
     run = RunDir.under(home, run_id)
     if not run.summary.is_file():
         return None
@@ -172,8 +177,23 @@ def launch(
     return TrainResult(run_id, run.path, run.read_summary(), history)
 
 
+def load_epoch_hook(target: str, arg: str) -> Callable[[dict[str, Any]], bool]:
+    """`module:factory` imported and called with `arg`: the per-epoch callback for `fit`."""
+    import importlib
+
+    module, _, name = target.partition(":")
+    hook: Callable[[dict[str, Any]], bool] = getattr(importlib.import_module(module), name)(arg)
+    return hook
+
+
 def _agent(
-    spec_file: Path, run_id: str, home: Path, p: Placement, progress: bool, key_file: Path | str | None
+    spec_file: Path,
+    run_id: str,
+    home: Path,
+    p: Placement,
+    progress: bool,
+    key_file: Path | str | None,
+    epoch_hook: tuple[str, str] | None = None,
 ) -> None:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -197,6 +217,7 @@ def _agent(
     args = ["-m", "skylift.train.worker", "--spec", str(spec_file), "--run-id", run_id]
     args += ["--home", str(home), "--threads", str(threads)] + (["--progress"] if progress else [])
     args += ["--key-file", str(Path(key_file).resolve())] if key_file else []
+    args += ["--epoch-hook", *epoch_hook] if epoch_hook else []
     try:
         elastic_launch(config, sys.executable)(*args)
     except SignalException:  # SIGTERM/SIGINT: the agent has already stopped every worker

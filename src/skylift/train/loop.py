@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -112,6 +113,7 @@ def fit(
     observer: TrainObserver | None = None,
     dist: DistInfo | None = None,
     master_key: MasterKey | None = None,
+    on_epoch: Callable[[dict[str, Any]], bool] | None = None,
 ) -> TrainResult:
     """Train `spec` into runs/<run_id>/; an existing run with the same spec resumes from last.pt.
 
@@ -121,6 +123,10 @@ def fit(
     With `dist.world_size > 1` (a process group already joined, see `train.worker`) every rank
     calls this with the same run id; each trains on its slice of every global batch, DDP averages
     the gradients, validation sums are all-reduced, and only rank 0 writes files.
+
+    `on_epoch(row)` runs on rank 0 after each epoch's checkpoint and returns True to stop early
+    (a tuner's pruning); every rank passes one or none, and all of them stop at the same epoch.
+    A stopped run says `"stopped_early": true` in summary.json.
     """
     import torch
     import torch.nn.functional as F
@@ -175,6 +181,7 @@ def fit(
     if observer:
         observer.start(run.run_id, first_epoch, t.epochs, n)
     started = time.perf_counter()
+    stopped = False
     for epoch in range(first_epoch, t.epochs + 1):
         tick = time.perf_counter()
         model.train()
@@ -228,12 +235,20 @@ def fit(
             run.write_metrics(history)
         if observer:
             observer.epoch(row)
+        if on_epoch is not None:
+            # One tiny all_reduce so every rank leaves the loop at the same epoch (else the others
+            # would wait forever in the next step's gradient sync).
+            stop_1 = torch.tensor([float(dist.is_main and on_epoch(row))], device=dist.device)
+            if parallel.all_reduce_sum(stop_1, dist).item() > 0:
+                stopped = True
+                break
 
     if not dist.is_main:
         return TrainResult(run.run_id, run.path, {}, history)
     summary = _finish(run, spec, splits.test, history, best_epoch, meta, time.perf_counter() - started)
     summary["parameters"] = count_parameters(net)
     summary["workers"] = dist.world_size
+    summary["stopped_early"] = stopped
     if spec.train.register_best:
         summary["registered"] = _register(run, spec, summary, home, master_key)
     _atomic.write_json(run.summary, summary)

@@ -1,0 +1,82 @@
+"""Two `skylift tune` processes share one study in a real PostgreSQL: the trials add up."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.conftest import EXAMPLE
+from tests.integration.test_tune import _finish, _skylift
+
+
+def _bin(name: str) -> str | None:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found[-1] if found else shutil.which(name)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A throwaway cluster on a free loopback port (as the postgres user when we are root)."""
+    initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("PostgreSQL is not installed (scripts/test installs it)")
+    as_user: list[str] = []
+    data = Path(tempfile.mkdtemp(prefix="skylift-pg-"))
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        shutil.chown(data, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    cluster = data / "db"
+    try:
+        subprocess.run([*as_user, initdb, "-D", str(cluster), "-A", "trust", "-U", "postgres"],
+                       check=True, capture_output=True)  # fmt: skip
+        opts = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off"
+        start = [pg_ctl, "-D", str(cluster), "-o", opts, "-w", "-l", str(data / "log"), "start"]
+        subprocess.run([*as_user, *start], check=True, capture_output=True)
+        yield f"postgresql://postgres:pw@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(cluster), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_two_drivers_share_one_postgres_study(home: Path, postgres_url: str) -> None:
+    args = ["tune", str(EXAMPLE), "--study", "shared", "--storage", postgres_url, "--trials", "3"]
+    args += ["--parallel", "1", "--set", "train.epochs=1", "--sampler", "random", "--pruner", "none"]
+    a, b = _skylift(home, *args), _skylift(home, *args)
+    (code_a, out_a), (code_b, out_b) = _finish(a), _finish(b)
+    assert code_a == 0 and code_b == 0, out_a + out_b
+    assert "pw" not in out_a  # the password is never printed
+
+    storage = optuna.storages.RDBStorage(postgres_url)
+    try:
+        trials = optuna.load_study(study_name="shared", storage=storage).trials
+    finally:
+        storage.engine.dispose()
+    numbers = [t.number for t in trials]
+    assert numbers == list(range(len(trials)))  # no duplicate, no gap
+    # The budget is the study's: 3 in total, one over at most when both drivers ask at once.
+    assert 3 <= len(trials) <= 4
+    assert all(t.state.name == "COMPLETE" for t in trials)  # no trial lost
+    owners = [t.system_attrs["skylift:owner"].rsplit(":", 2)[1] for t in trials]
+    assert set(owners) == {str(a.pid), str(b.pid)}  # both drivers did work
+    run_ids = [t.user_attrs["run_id"] for t in trials]
+    assert len(set(run_ids)) == len(run_ids)
+    assert all((home / "runs" / r / "summary.json").is_file() for r in run_ids)
+    registered = {line for line in (out_a + out_b).splitlines() if line.startswith("registered model")}
+    assert registered == {"registered model: mnist-mlp:1"}  # one registration for the shared best

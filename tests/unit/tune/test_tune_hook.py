@@ -1,0 +1,43 @@
+"""fit's per-epoch hook stops a run, and the trial hook reports to the study and prunes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from skylift.spec import load_spec
+from skylift.train.loop import fit
+from skylift.tune._hook import hook_arg, pruning_hook
+from skylift.tune._storage import StorageRef, open_storage
+from tests.conftest import EXAMPLE
+
+
+def test_on_epoch_true_stops_the_run_and_marks_it(home: Path) -> None:
+    spec = load_spec(EXAMPLE, ["train.epochs=3", "train.register_best=false"])
+    seen: list[int] = []
+
+    def stop_after_one(row: dict[str, Any]) -> bool:
+        seen.append(row["epoch"])
+        return row["epoch"] == 1
+
+    result = fit(spec, home=home, run_id="hooked", on_epoch=stop_after_one)
+    assert seen == [1] and len(result.history) == 1
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["stopped_early"] is True and summary["epochs"] == 1
+
+
+def test_pruning_hook_reports_and_prunes_a_worse_trial(tmp_path: Path) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = f"journal:{tmp_path / 'journal.log'}"
+    study = optuna.create_study(storage=open_storage(StorageRef(url)), study_name="s", direction="maximize")
+    good, bad = study.ask(), study.ask()
+    hooks = {
+        t.number: pruning_hook(hook_arg(url, "s", t._trial_id, "val_accuracy", "hyperband", 2))
+        for t in (good, bad)
+    }
+    assert hooks[good.number]({"epoch": 1, "val_accuracy": 0.9}) is False
+    assert hooks[bad.number]({"epoch": 1, "val_accuracy": 0.1}) is True
+    assert study.get_trials()[bad.number].intermediate_values == {1: 0.1}
