@@ -28,7 +28,7 @@ def _common(default: object) -> argparse.ArgumentParser:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from skylift.cli import _models, _serve, _train, _tune
+    from skylift.cli import _bench, _models, _serve, _train, _tune
 
     p = _Parser(
         prog="skylift", description="Train, tune, register and serve PyTorch models.", parents=[_common(None)]
@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     common = _common(argparse.SUPPRESS)
     _train.add_commands(sub, common)
     _models.add_commands(sub, common)
+    _bench.add_commands(sub, common)
     _serve.add_commands(sub, common)
     _tune.add_commands(sub, common)
     return p

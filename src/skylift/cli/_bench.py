@@ -1,0 +1,192 @@
+"""`skylift bench serve`: load-test an inference server, report throughput, latency and errors.
+
+Exit codes: 0 the test ran (errors, if any, are in the report); 1 the server could not be reached,
+refused the key, or answered no request successfully; 2 bad arguments or an unknown model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from skylift.loadgen import BenchReport
+
+_PROTOCOLS = ("v2-json", "v2-binary", "v1")  # skylift.loadgen.PROTOCOLS, without importing it for --help
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    b = sub.add_parser("bench", parents=[common], help="benchmarks: load-test a running inference server")
+    bs = b.add_subparsers(dest="bench_command", metavar="ACTION", parser_class=type(b), required=True)
+    p = bs.add_parser(
+        "serve",
+        parents=[common],
+        help="send inference requests at a fixed concurrency; report requests/s, latency, errors",
+        description="Closed-loop load test of a KServe V2 or TF-Serving server: CONCURRENCY keep-alive "
+        "connections, each sending its next request as soon as the last is answered.",
+        epilog="exit status: 0 the test ran (errors are in the report); 1 the server is unreachable, "
+        "refused the key, or answered no request successfully; 2 bad arguments or unknown model",
+    )
+    p.add_argument("url", help="server base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--model", required=True, help="model name in the routes (/v2/models/NAME/infer)")
+    p.add_argument("--concurrency", "-c", type=_count, default=16, help="requests in flight (default 16)")
+    p.add_argument("--duration", "-d", type=_seconds, default=10.0, help="measured seconds (default 10)")
+    p.add_argument("--rows", type=_count, default=1, help="rows per request (default 1)")
+    p.add_argument(
+        "--protocol",
+        choices=_PROTOCOLS,
+        default="v2-json",
+        help="v2-json: KServe V2 JSON tensors; v2-binary: V2 binary tensor extension; "
+        "v1: TF-Serving :predict (default v2-json)",
+    )
+    p.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY' (default: $SKYLIFT_API_KEY)")
+    p.add_argument(
+        "--processes",
+        "-p",
+        type=_count,
+        help="client processes (default: one per 16 connections, at most one per core)",
+    )
+    p.add_argument("--features", type=_count, help="features per row, for a server without V2 model metadata")
+    p.add_argument("--requests", "-n", type=_count, help="stop after this many measured requests")
+    p.add_argument(
+        "--warmup", type=_seconds_or_zero, default=1.0, help="seconds of unmeasured load first (default 1)"
+    )
+    p.add_argument(
+        "--timeout", type=_seconds, default=30.0, help="seconds before a request counts as timed out"
+    )
+    p.add_argument(
+        "--same-body",
+        action="store_true",
+        help="send identical bodies (default: each request differs in its first value, so a "
+        "response cache cannot answer it)",
+    )
+    p.add_argument(
+        "--json", dest="json_path", metavar="PATH", help="write the JSON report to PATH ('-': stdout)"
+    )
+    tls = p.add_mutually_exclusive_group()
+    tls.add_argument("--insecure", "-k", action="store_true", help="https: skip certificate verification")
+    tls.add_argument("--cacert", metavar="PEM", help="https: CA certificate(s) to verify the server with")
+    p.set_defaults(run=_serve)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _seconds_or_zero(text: str) -> float:
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from skylift.loadgen import BenchConfig, run_bench
+
+    config = BenchConfig(
+        url=args.url,
+        model=args.model,
+        concurrency=args.concurrency,
+        duration_s=args.duration,
+        rows=args.rows,
+        protocol=args.protocol,
+        api_key=args.api_key or os.environ.get("SKYLIFT_API_KEY") or None,
+        processes=args.processes,
+        features=args.features,
+        requests=args.requests,
+        warmup_s=args.warmup,
+        timeout_s=args.timeout,
+        insecure=args.insecure,
+        cacert=args.cacert,
+        unique=not args.same_body,
+    )
+    to_stdout = args.json_path == "-"
+    # With --json - stdout carries only the JSON (pipe it to jq); the tables go to stderr.
+    console = Console(stderr=to_stdout)
+    err = Console(stderr=True)
+    report = run_bench(config, log=lambda line: err.print(line, style="dim", highlight=False))
+    for table in report_tables(report):
+        console.print(table)
+    if report.saturated:
+        err.print(
+            f"warning: a client process was busy {max(report.client_cpu):.0%} of the time; "
+            "the figures may be the load generator's limit (try more --processes)"
+        )
+    if args.json_path:
+        text = json.dumps(report.to_dict(), indent=2) + "\n"
+        if to_stdout:
+            sys.stdout.write(text)
+        else:
+            from skylift._atomic import atomic_open
+
+            with atomic_open(Path(args.json_path), "w") as f:
+                f.write(text)
+    if report.ok == 0:
+        print("error: no request succeeded (see the errors by status)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.2f} ms"
+
+
+def report_tables(report: BenchReport) -> list[Table]:
+    """The summary table, and the errors by status when there were any."""
+    from rich.table import Table
+
+    lat = report.latency_ms
+    summary = Table(
+        "figure", "value", title=f"{report.protocol} -> {report.url}", title_justify="left", show_header=False
+    )
+    rows = [
+        ("model", report.model),
+        ("rows per request", str(report.rows)),
+        ("concurrency", f"{report.concurrency} ({report.processes} client processes, {report.client_loop})"),
+        ("duration", f"{report.duration_s:.2f} s"),
+        ("requests", f"{report.requests:,} ({report.ok:,} ok)"),
+        ("requests/s", f"{report.requests_per_s:,.1f}"),
+        ("rows/s", f"{report.rows_per_s:,.1f}"),
+        ("latency p50", _ms(lat.p50)),
+        ("latency p90", _ms(lat.p90)),
+        ("latency p99", _ms(lat.p99)),
+        ("latency max", _ms(lat.max)),
+        ("errors", f"{sum(report.errors.values()):,}"),
+    ]
+    for name, value in rows:
+        summary.add_row(name, value)
+    tables = [summary]
+    if report.errors:
+        errors = Table("status", "count", "first message", title="errors by status", title_justify="left")
+        for key, count in report.errors.items():
+            errors.add_row(key, f"{count:,}", report.error_samples.get(key, ""))
+        tables.append(errors)
+    return tables

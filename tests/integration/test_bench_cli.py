@@ -1,0 +1,106 @@
+"""`skylift bench serve` end to end: a real `skylift` process loads a real server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from skylift.cli import main
+from tests.unit.loadgen.server import MODEL, V2Server, every_tenth
+
+
+def skylift(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "skylift", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+
+
+def test_report_as_table_and_json_file_with_errors_by_status(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    with V2Server(every_tenth) as srv:
+        done = skylift(
+            "bench", "serve", srv.url, "--model", MODEL, "-c", "4", "-p", "2",
+            "--duration", "1", "--warmup", "0.2", "--json", str(out),
+            env={"SKYLIFT_API_KEY": "from-env"},
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert srv.invalid == [] and srv.headers_seen[-1]["authorization"] == "Bearer from-env"
+    report = json.loads(out.read_text())
+    assert report["processes"] == 2 and report["concurrency"] == 4 and report["protocol"] == "v2-json"
+    assert report["requests"] == sum(report["statuses"].values()) > 50
+    assert report["ok"] == report["statuses"]["200"]
+    assert set(report["errors"]) == {"400", "503"}
+    assert report["errors"]["503"] == report["statuses"]["503"]
+    assert report["error_samples"]["503"] == "server overloaded"
+    assert 0.8 <= report["duration_s"] <= 1.5
+    assert report["requests_per_s"] == pytest.approx(report["requests"] / report["duration_s"])
+    lat = report["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    # The terminal report: the summary and the errors by status, with the server's own message.
+    for text in ("requests/s", "latency p99", "errors by status", "503", "server overloaded", "400"):
+        assert text in done.stdout
+    assert "from-env" not in done.stdout + done.stderr
+
+
+def test_json_to_stdout_is_only_json() -> None:
+    with V2Server() as srv:
+        done = skylift(
+            "bench", "serve", srv.url, "--model", MODEL, "--protocol", "v2-binary", "--rows", "3",
+            "-c", "2", "-d", "0.5", "--warmup", "0", "--json", "-",
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["protocol"] == "v2-binary" and report["rows"] == 3 and report["errors"] == {}
+    assert report["rows_per_s"] == pytest.approx(3 * report["ok_per_s"])
+    assert "requests/s" in done.stderr and srv.invalid == []
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse errors exit from inside parse_args
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port  # closed again: nothing listens there
+
+
+def test_bad_input_is_one_line_and_an_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    code, _, err = run(capsys, "bench", "serve", f"http://127.0.0.1:{port}", "--model", "m", "-d", "1")
+    assert code == 1 and err == f"error: cannot connect to http://127.0.0.1:{port}: Connection refused\n"
+
+    code, _, err = run(capsys, "bench", "serve", "http://127.0.0.1:1", "--model", "m", "--concurrency", "0")
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "argument --concurrency/-c: must be a whole number >= 1, got '0'" in err
+
+    code, _, err = run(capsys, "bench", "serve", "127.0.0.1:8000", "--model", "m")
+    assert code == 2 and err.startswith("error: URL must look like http://HOST[:PORT]")
+
+    with V2Server(lambda n: 200 if n == 0 else 500) as srv:
+        code, _, err = run(capsys, "bench", "serve", srv.url, "--model", "nope", "-d", "1")
+        assert code == 2 and len(err.splitlines()) == 1
+        assert err.startswith(f"error: model 'nope' not found at {srv.url}")
+
+        # Every request after the probe fails: the report is printed, and the exit code says so.
+        code, out, err = run(
+            capsys, "bench", "serve", srv.url, "--model", MODEL, "-d", "0.3", "--warmup", "0"
+        )
+        assert code == 1 and "errors by status" in out and "500" in out
+        assert err.splitlines()[-1] == "error: no request succeeded (see the errors by status)"
