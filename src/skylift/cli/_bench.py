@@ -62,6 +62,12 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "--timeout", type=_seconds, default=30.0, help="seconds before a request counts as timed out"
     )
     p.add_argument(
+        "--repeat",
+        type=float,
+        default=0.0,
+        help="fraction of requests repeating one fixed body (a cache-hit workload), e.g. 0.5",
+    )
+    p.add_argument(
         "--same-body",
         action="store_true",
         help="send identical bodies (default: each request differs in its first value, so a "
@@ -127,6 +133,7 @@ def _serve(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         cacert=args.cacert,
         unique=not args.same_body,
+        repeat=args.repeat,
     )
     to_stdout = args.json_path == "-"
     # With --json - stdout carries only the JSON (pipe it to jq); the tables go to stderr.

@@ -113,11 +113,15 @@ class BenchConfig:
     """https: CA bundle (PEM) to verify the server certificate with."""
     unique: bool = True
     """Give every request a distinct first value so a response cache cannot answer it."""
+    repeat: float = 0.0
+    """With `unique`: the fraction of requests that repeat one fixed body (one in round(1/repeat))."""
     seed: int = 0
     """Seed of the random input rows."""
 
     def __post_init__(self) -> None:
         parse_url(self.url)
+        if not 0.0 <= self.repeat <= 1.0:
+            raise SpecError(f"--repeat must be a fraction in [0, 1], got {self.repeat}")
         if not self.model:
             raise SpecError("model must be a model name, got ''")
         _at_least("concurrency", self.concurrency, 1, MAX_CONCURRENCY)

@@ -73,6 +73,7 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] | None = None) 
             slot=template.slot,
             binary=template.binary,
             unique=config.unique,
+            repeat_every=round(1 / config.repeat) if config.repeat > 0 else 0,
             connections=_share(config.concurrency, processes, i),
             quota=None if config.requests is None else _share(config.requests, processes, i),
             timeout_s=config.timeout_s,

@@ -50,6 +50,8 @@ class Plan:
     index: int = 0
     """This process's number; with `processes` it keeps stamps distinct across processes."""
     processes: int = 1
+    repeat_every: int = 0
+    """With `unique`: every N-th request repeats one fixed body (0: none), a cache-hit workload."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,7 @@ class _Client:
         self.stamp = binary_stamp if plan.binary else text_stamp
         # Stamp 0 is the probe's; process i sends 1 + i, 1 + i + P, ... so none repeats another's.
         self.n = 1 + plan.index
+        self.sent = 0
         self.sending = False  # requests go out (the window has started, and not ended)
         self.stopped = False  # the window has ended: no more requests, no more reconnects
         self.measure_from = self.measure_until = float("inf")
@@ -181,7 +184,9 @@ class _Client:
 
     # -- the hot path --------------------------------------------------------------------------
     def send(self, conn: _Conn) -> None:
-        if self.plan.unique:
+        self.sent += 1
+        every = self.plan.repeat_every
+        if self.plan.unique and not (every and self.sent % every == 0):
             data = self.pre + self.stamp(self.n) + self.post
             self.n = (self.n + self.plan.processes) % STAMPS
         else:
