@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     _bench.add_commands(sub, common)
     _serve.add_commands(sub, common)
     _tune.add_commands(sub, common)
+    from skylift.cli import _predict
+
+    _predict.add_commands(sub, common)
     return p
 
 

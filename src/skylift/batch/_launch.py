@@ -1,0 +1,261 @@
+"""Running a prediction job: checks first, then one in-process rank or N workers under the elastic agent.
+
+Workers on one node are forked from the launcher when that is safe (it has never run torch on
+more than one thread, so no OpenMP pool exists to break in the child), which starts them in
+~0.1 s instead of the ~2 s a fresh interpreter spends importing torch; otherwise they are spawned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from skylift.batch._job import PredictJob, check_options, check_output, open_job
+from skylift.batch._job import output_format as format_of
+from skylift.errors import SkyliftError, SpecError
+from skylift.home import skylift_home
+
+if TYPE_CHECKING:
+    from skylift.batch._rank import RankResult
+    from skylift.registry import LoadedModel
+    from skylift.security import MasterKey
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """The outcome of `predict` on this node."""
+
+    output: Path | None
+    """The output file; None on a node other than node 0 (node 0 writes it)."""
+    rows: int
+    """Rows in the output."""
+    computed_rows: int
+    """Rows predicted by this run (fewer than `rows` when it resumed an interrupted run)."""
+    seconds: float
+    """Wall time of the whole call: checks, model load, workers, prediction and writing."""
+    workers: int
+    nnodes: int
+    chunks: int
+    resumed_chunks: int
+    """Chunks an interrupted run had finished, not computed again."""
+    predict_seconds: float = 0.0
+    """The part of `seconds` spent predicting (all workers started, output not yet written)."""
+    notes: tuple[str, ...] = ()
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.computed_rows / self.seconds if self.seconds > 0 else 0.0
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """torch on one thread: the launcher's own tensor work then starts no OpenMP pool (see module doc)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def predict(
+    model: str,
+    input: str,
+    output: str | Path,
+    *,
+    workers: int = 1,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    rdzv_endpoint: str | None = None,
+    batch_rows: int = 4096,
+    chunk_rows: int = 16384,
+    output_format: str | None = None,
+    proba: bool = False,
+    top_k: int | None = None,
+    label_column: str = "label",
+    overwrite: bool = False,
+    home: Path | str | None = None,
+    master_key: bytes | MasterKey | None = None,
+    max_restarts: int = 3,
+    progress: bool = False,
+) -> PredictResult:
+    """Predict every row of `input` with registered `model` (NAME, NAME:VERSION or NAME@ALIAS) into `output`.
+
+    Rows are read a chunk at a time and spread over `workers` processes per node (x `nnodes`
+    machines, joined by c10d rendezvous at `rdzv_endpoint`); the output keeps input order and is
+    written under a temp name, then renamed. Finished chunks are kept beside the output, so the
+    same call after a crash resumes and writes the same bytes. Raises SpecError (options, output
+    path), DataError (input), ModelNotFound, IntegrityError or AuthError before any work starts
+    whenever the problem can be seen up front.
+    """
+    from skylift.batch._rank import run_rank
+    from skylift.registry import Registry
+    from skylift.security import MasterKey, master_key_from_env
+
+    tick = time.perf_counter()
+    fork_safe = "torch" not in sys.modules  # nothing has run torch in this process yet
+    _check_placement(workers, nnodes, node_rank, rdzv_endpoint)
+    out = Path(output).expanduser().absolute()
+    fmt = format_of(out, output_format)
+    check_options(fmt, proba, top_k, batch_rows, chunk_rows)
+    key = master_key if master_key is not None else master_key_from_env()
+    key = MasterKey(bytes(key)) if isinstance(key, bytes | bytearray) else key
+    root = skylift_home(home)
+    name, version = Registry(root, key).resolve(model)
+    job = PredictJob(
+        model=f"{name}:{version}",
+        input=input,
+        output=str(out),
+        output_format=fmt,
+        home=str(root),
+        proba=proba,
+        top_k=top_k,
+        batch_rows=batch_rows,
+        chunk_rows=chunk_rows,
+        label_column=label_column,
+        overwrite=overwrite,
+    )
+    if node_rank == 0:
+        check_output(out, overwrite)
+    with _one_thread():
+        opened = open_job(job, key)
+    check_options(fmt, proba, top_k, batch_rows, chunk_rows, n_classes=len(opened.model.classes))
+    notes = tuple(opened.source.notes)
+    if workers * nnodes == 1:
+        result = run_rank(
+            job, _solo(), master_key=key, observer=_display if progress else None, opened=opened
+        )
+    else:
+        opened.source.close()
+        threads = max(1, _cores() // workers)  # split the cores so workers do not oversubscribe them
+        method = "fork" if fork_safe or threads == 1 else "spawn"
+        # A forked worker shares the verified model already in memory; a spawned one loads its own.
+        shared = opened.model if method == "fork" else None
+        results = _agent(
+            job,
+            key,
+            shared,
+            workers,
+            nnodes,
+            node_rank,
+            rdzv_endpoint,
+            max_restarts,
+            threads,
+            method,
+            progress,
+        )
+        result = _pick(results)
+    if result.error is not None:
+        from skylift.batch._rank import as_error
+
+        raise as_error(result.error_type or "SkyliftError", result.error)
+    return PredictResult(
+        output=Path(result.output) if result.output else None,
+        rows=result.rows,
+        computed_rows=result.computed_rows,
+        seconds=time.perf_counter() - tick,
+        workers=workers,
+        nnodes=nnodes,
+        chunks=result.chunks,
+        resumed_chunks=result.resumed_chunks,
+        predict_seconds=result.predict_seconds,
+        notes=notes,
+    )
+
+
+def _check_placement(workers: int, nnodes: int, node_rank: int, rdzv_endpoint: str | None) -> None:
+    if workers < 1 or nnodes < 1:
+        raise SpecError(f"--workers and --nnodes must be >= 1, got {workers} and {nnodes}")
+    if nnodes > 1 and not rdzv_endpoint:
+        raise SpecError("multi-node prediction needs --rdzv-endpoint HOST:PORT (the same on every node)")
+    if not 0 <= node_rank < nnodes:
+        raise SpecError(f"--node-rank must be in [0, {nnodes - 1}], got {node_rank}")
+
+
+def _solo() -> Any:
+    from skylift.batch._board import LocalBoard
+
+    return LocalBoard()
+
+
+def _display() -> Any:
+    from skylift.batch._progress import PredictDisplay
+
+    return PredictDisplay()
+
+
+def _pick(results: dict[int, RankResult]) -> RankResult:
+    """The result to report: an error if any rank has one, else the writer's, else any rank's."""
+    ordered = [results[r] for r in sorted(results)]
+    for r in ordered:
+        if r.error is not None:
+            return r
+    return next((r for r in ordered if r.writer), ordered[0])
+
+
+def _agent(
+    job: PredictJob,
+    key: MasterKey | None,
+    model: LoadedModel | None,
+    workers: int,
+    nnodes: int,
+    node_rank: int,
+    rdzv: str | None,
+    max_restarts: int,
+    threads: int,
+    method: str,
+    progress: bool,
+) -> dict[int, RankResult]:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from skylift.batch._worker import work
+
+    multi = nnodes > 1
+    # Every node must agree on the run id without talking first: derive it from what they share.
+    shared = f"{rdzv}|{job.model}|{job.input}|{job.output}".encode()
+    run_id = "predict-" + (hashlib.sha256(shared).hexdigest()[:12] if multi else uuid.uuid4().hex[:12])
+    config = LaunchConfig(
+        min_nodes=nnodes,
+        max_nodes=nnodes,
+        nproc_per_node=workers,
+        run_id=run_id,
+        rdzv_backend="c10d",
+        rdzv_endpoint=rdzv if multi and rdzv else "127.0.0.1:0",
+        rdzv_configs={"is_host": node_rank == 0} if multi else {},  # node 0 hosts the rendezvous store
+        # Restarted agents of several nodes count restarts apart, so their workers could not agree on
+        # an attempt: with several nodes a dead worker ends the job (run it again to resume).
+        max_restarts=max_restarts if not multi else 0,
+        monitor_interval=0.02,  # seconds between the agent's checks: it notices the end sooner
+        start_method=method,
+    )
+    try:
+        returned: dict[int, RankResult] = elastic_launch(config, work)(
+            job, node_rank, threads, progress, key, model
+        )
+        return returned
+    except SignalException:  # SIGTERM/SIGINT: the agent has already stopped every worker
+        raise KeyboardInterrupt from None
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        code = failure.exitcode
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        raise SkyliftError(
+            f"prediction failed: worker rank {rank} {how} after {max_restarts} restart(s); "
+            "finished chunks are kept: run the same command again to resume"
+        ) from None

@@ -1,0 +1,94 @@
+"""The model applied to a chunk: logits -> class ids (and probabilities or top-k), packed as part bytes.
+
+Shape legend: n rows of a chunk, B rows of a batch, S... the model's per-sample input shape,
+C classes, K top-k.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO
+
+import numpy as np
+
+from skylift.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What every output row carries besides its class."""
+
+    proba: bool = False
+    top_k: int | None = None
+
+
+def encode_part(arrays: list[np.ndarray]) -> bytes:
+    """A chunk's result arrays as consecutive .npy records (deterministic bytes, never pickled)."""
+    buffer = io.BytesIO()
+    for array in arrays:
+        np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def decode_part(stream: BinaryIO, outputs: Outputs) -> list[np.ndarray]:
+    """What `encode_part` wrote: class ids (n,), then proba (n, C) or top-k ids and probabilities (n, K)."""
+    count = 1 + int(outputs.proba) + 2 * int(outputs.top_k is not None)
+    return [np.lib.format.read_array(stream, allow_pickle=False) for _ in range(count)]
+
+
+class Predictor:
+    """Runs a model in eval mode under inference_mode over a chunk's batches."""
+
+    def __init__(
+        self, module: nn.Module, input_shape: tuple[int, ...], n_classes: int, outputs: Outputs
+    ) -> None:
+        self.module = module.eval()
+        self.input_shape = input_shape
+        self.n_classes = n_classes
+        self.outputs = outputs
+
+    def chunk(self, batches: Iterable[np.ndarray]) -> tuple[int, bytes]:
+        """(rows, part bytes) of one chunk; batches are float32 (B, ...) with prod(S) values per row."""
+        import torch
+
+        ids: list[torch.Tensor] = []
+        first: list[torch.Tensor] = []  # proba (B, C), or top-k ids (B, K)
+        second: list[torch.Tensor] = []  # top-k probabilities (B, K)
+        with torch.inference_mode():
+            for x in batches:
+                x_BS = torch.from_numpy(x).reshape(len(x), *self.input_shape)  # a view for 2-D inputs
+                try:
+                    logits_BC = self.module(x_BS)
+                except (RuntimeError, ValueError, IndexError) as exc:  # what torch raises on bad input
+                    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                    raise DataError(f"the model failed on this input: {line}") from None
+                ids.append(logits_BC.argmax(1))
+                if self.outputs.proba:
+                    first.append(torch.softmax(logits_BC, dim=1))
+                elif self.outputs.top_k is not None:
+                    p_BK, i_BK = torch.topk(torch.softmax(logits_BC, dim=1), self.outputs.top_k, dim=1)
+                    first.append(i_BK)
+                    second.append(p_BK)
+        ids_n = _cat(ids, None, np.int64)
+        arrays = [ids_n]
+        if self.outputs.proba:
+            arrays.append(_cat(first, self.n_classes, np.float32))
+        elif self.outputs.top_k is not None:
+            arrays.append(_cat(first, self.outputs.top_k, np.int64))
+            arrays.append(_cat(second, self.outputs.top_k, np.float32))
+        return len(ids_n), encode_part(arrays)
+
+
+def _cat(parts: list[torch.Tensor], width: int | None, dtype: type[np.generic]) -> np.ndarray:
+    """Batches joined as one array; an empty chunk gives shape (0,) or (0, width)."""
+    import torch
+
+    if not parts:
+        return np.zeros((0,) if width is None else (0, width), dtype=dtype)
+    return torch.cat(parts).numpy().astype(dtype, copy=False)

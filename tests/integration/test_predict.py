@@ -1,0 +1,207 @@
+"""`skylift predict` end to end: real workers, a killed run resumed, two nodes on loopback, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from torch import nn
+
+from tests.unit.batch.conftest import features, reference, register_mlp
+
+ROWS = 20000
+# 200 chunks of 100 rows, 2 forward passes each: a run long enough to be killed half way.
+SMALL = ("--chunk-rows", "100", "--batch-rows", "50")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Module]:
+    """A folder holding a home with the MLP registered (no training needed) and x.npy of 20,000 rows."""
+    folder = tmp_path_factory.mktemp("predict")
+    module = register_mlp(folder / "home")
+    x = features(ROWS)
+    x[ROWS - 1, 0] = 0.5  # a known value: one test turns it into NaN in a copy
+    np.save(folder / "x.npy", x)
+    return folder, module
+
+
+@pytest.fixture(scope="module")
+def whole(env: tuple[Path, nn.Module]) -> Path:
+    """An uninterrupted two-worker run: the bytes every other run must reproduce."""
+    folder, _ = env
+    out = folder / "whole.npz"
+    code, stdout, err = _finish(_skylift(folder, "--workers", "2", "--output", str(out), "--proba", *SMALL))
+    assert code == 0, err
+    assert f"predicted {ROWS:,} rows in" in stdout and "2 worker(s) x 1 node(s)" in stdout, stdout
+    return out
+
+
+def _skylift(folder: Path, *args: str, source: str = "x.npy") -> subprocess.Popen[str]:
+    env = {**os.environ, "SKYLIFT_HOME": str(folder / "home"), "COLUMNS": "200"}
+    cmd = [sys.executable, "-m", "skylift", "predict", "mnist-mlp", "--input", str(folder / source), *args]
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def _work_folder(out: Path) -> Path | None:
+    found = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.predict-")]
+    return found[0] if found else None
+
+
+def _parts(out: Path) -> int:
+    work = _work_folder(out)
+    return len(list(work.glob("chunk-*.bin"))) if work else 0
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _wait_for_parts(out: Path, n: int, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if _parts(out) >= n:
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"no {n} finished chunks (exit code {proc.poll()})")
+
+
+def test_two_workers_equal_single_process_model_x(env: tuple[Path, nn.Module], whole: Path) -> None:
+    folder, module = env
+    classes, proba = reference(module, np.load(folder / "x.npy"))
+    z = np.load(whole)
+    np.testing.assert_array_equal(z["class"], classes)
+    np.testing.assert_allclose(z["proba"], proba, rtol=0, atol=1e-6)
+    assert _work_folder(whole) is None
+    assert not [p for p in folder.iterdir() if p.name.startswith(".whole.npz")]
+
+
+def test_a_killed_run_resumes_and_writes_identical_bytes(env: tuple[Path, nn.Module], whole: Path) -> None:
+    folder, _ = env
+    out = folder / "killed.npz"
+    proc = _skylift(folder, "--workers", "2", "--output", str(out), "--proba", *SMALL)
+    _wait_for_parts(out, 6, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # launcher and both workers, mid-run
+    proc.communicate()
+    done = _parts(out)
+    assert 6 <= done < 200, f"{done} chunks finished before the kill"
+    assert not out.exists()
+    code, stdout, err = _finish(_skylift(folder, "--workers", "2", "--output", str(out), "--proba", *SMALL))
+    assert code == 0, err
+    assert f"resumed: {done} of 200 chunks were already done" in stdout, stdout
+    assert out.read_bytes() == whole.read_bytes()
+    assert _work_folder(out) is None
+
+
+def test_a_killed_worker_is_restarted_and_the_run_completes(env: tuple[Path, nn.Module], whole: Path) -> None:
+    folder, _ = env
+    out = folder / "restarted.npz"
+    proc = _skylift(folder, "--workers", "2", "--output", str(out), "--proba", *SMALL)
+    _wait_for_parts(out, 6, proc)
+    workers = _children(proc.pid)
+    assert len(workers) == 2, workers
+    os.kill(workers[-1], signal.SIGKILL)
+    code, stdout, err = _finish(proc)
+    assert code == 0, err
+    assert "resumed:" in stdout  # the restarted workers skipped what was already done
+    assert out.read_bytes() == whole.read_bytes()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_two_nodes_on_loopback(env: tuple[Path, nn.Module]) -> None:
+    folder, module = env
+    out = folder / "nodes.parquet"
+    common = (
+        "--workers",
+        "1",
+        "--nnodes",
+        "2",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{_free_port()}",
+        "--top-k",
+        "3",
+    )
+    nodes = [
+        _skylift(folder, "--output", str(out), *common, "--node-rank", str(rank), "--chunk-rows", "1000")
+        for rank in (0, 1)
+    ]
+    (code0, out0, err0), (code1, out1, err1) = (_finish(p) for p in nodes)
+    assert (code0, code1) == (0, 0), err0 + err1
+    assert f"predicted {ROWS:,} rows" in out0 and "1 worker(s) x 2 node(s)" in out0, out0
+    assert "done (node 0 writes the output)" in out1, out1
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out)
+    classes, proba = reference(module, np.load(folder / "x.npy"))
+    np.testing.assert_array_equal(table.column("class").to_numpy(), classes)
+    np.testing.assert_array_equal(table.column("top1_class").to_numpy(), classes)
+    np.testing.assert_allclose(table.column("top1_proba").to_numpy(), proba.max(1), rtol=0, atol=1e-6)
+
+
+def test_readme_command_on_parquet_with_an_alias(env: tuple[Path, nn.Module]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from skylift.registry import Registry
+
+    folder, module = env
+    Registry(folder / "home").promote("mnist-mlp", 1, "production")
+    x = np.load(folder / "x.npy")[:3000]
+    table = pa.table({"label": np.zeros(3000, dtype=np.int64), **{f"p{j}": x[:, j] for j in range(784)}})
+    pq.write_table(table, folder / "big.parquet", row_group_size=1000)
+    cmd = ("--output", str(folder / "preds.parquet"), "--workers", "2")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "skylift",
+            "predict",
+            "mnist-mlp@production",
+            "--input",
+            str(folder / "big.parquet"),
+            *cmd,
+        ],
+        env={**os.environ, "SKYLIFT_HOME": str(folder / "home")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    code, out, err = _finish(proc)
+    assert code == 0, err
+    assert "predicted 3,000 rows" in out
+    classes, _ = reference(module, x)
+    assert pq.read_table(folder / "preds.parquet").column("class").to_pylist() == classes.tolist()
+
+
+def test_bad_rows_in_one_worker_stop_every_worker_in_one_line(env: tuple[Path, nn.Module]) -> None:
+    folder, _ = env
+    x = np.load(folder / "x.npy")
+    x[ROWS - 1, 0] = np.nan  # the last chunk: the second worker's
+    np.save(folder / "nan.npy", x)
+    out = folder / "nan.csv"
+    code, _, err = _finish(_skylift(folder, "--workers", "2", "--output", str(out), *SMALL, source="nan.npy"))
+    assert code == 2
+    assert err.strip() == f"error: {folder / 'nan.npy'}: row {ROWS - 1} contains NaN", err
+    assert not out.exists() and _work_folder(out) is None
