@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
     import torch
 
 PG_TIMEOUT_S = 120
+INIT_WATCHDOG_S = 60.0  # joining the group takes ~1 s; a minute means it is stuck
+INIT_HUNG_EXIT = 75  # exit code of a worker whose group join hung (EX_TEMPFAIL)
 
 
 def init_from_env(backend: str) -> DistInfo:
@@ -36,7 +39,16 @@ def init_from_env(backend: str) -> DistInfo:
     # 2 minutes, not torch's 10 or 30: a rank that cannot connect (seen once here: a gloo pair
     # connect that never completed on a loaded machine) then fails soon enough for the elastic
     # agent to restart the workers, and no collective in the loop legitimately waits that long.
-    dist.init_process_group(backend, timeout=timedelta(seconds=PG_TIMEOUT_S))
+    # Seen here under load: gloo's full-mesh connect waiting forever (both ranks listening, neither
+    # connected), deaf to the timeout above. A watchdog turns that into a worker failure, which the
+    # elastic agent answers by restarting every worker into a fresh rendezvous.
+    watchdog = threading.Timer(INIT_WATCHDOG_S, os._exit, args=(INIT_HUNG_EXIT,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        dist.init_process_group(backend, timeout=timedelta(seconds=PG_TIMEOUT_S))
+    finally:
+        watchdog.cancel()
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
 
 
