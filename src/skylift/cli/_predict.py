@@ -42,26 +42,46 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     what = p.add_mutually_exclusive_group()
     what.add_argument("--proba", action="store_true", help="also write every class probability")
     what.add_argument("--top-k", type=_positive, metavar="K", help="also write the K likeliest classes")
-    p.add_argument("--workers", type=_positive, default=1, help="worker processes on this node (default: 1)")
-    p.add_argument("--batch-rows", type=_positive, default=4096, help="rows per forward pass (default: 4096)")
+    p.add_argument(
+        "--workers", type=_positive, default=1, metavar="N", help="worker processes on this node (default: 1)"
+    )
+    p.add_argument(
+        "--batch-rows",
+        type=_positive,
+        default=4096,
+        metavar="B",
+        help="rows per forward pass (default: 4096)",
+    )
     p.add_argument(
         "--chunk-rows",
         type=_positive,
         default=16384,
+        metavar="C",
         help="rows per chunk, the unit of work and of resuming (default: 16384)",
     )
     p.add_argument(
-        "--label-column", default="label", help="csv/parquet column that is not a feature (default: label)"
+        "--label-column",
+        default="label",
+        metavar="NAME",
+        help="csv/parquet column that is not a feature (default: label)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument(
         "--key-file", metavar="PATH", help="master key for an encrypted model (default: $SKYLIFT_MASTER_KEY)"
     )
-    p.add_argument("--nnodes", type=_positive, default=1, help="machines taking part (default: 1)")
-    p.add_argument("--node-rank", type=int, default=0, help="this machine's index; node 0 writes the output")
+    p.add_argument(
+        "--nnodes", type=_positive, default=1, metavar="N", help="machines taking part (default: 1)"
+    )
+    p.add_argument(
+        "--node-rank", type=int, default=0, metavar="R", help="this machine's index; node 0 writes the output"
+    )
     p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="c10d rendezvous address, same on every node")
     p.add_argument(
-        "--max-restarts", type=_count, default=3, help="times dead workers are restarted (default: 3)"
+        "--max-restarts",
+        type=_count,
+        default=3,
+        metavar="N",
+        help="times dead workers are restarted, on one node (default: 3; several nodes: 0)",
     )
     p.set_defaults(run=_predict)
 
