@@ -95,16 +95,19 @@ def flops_per_row() -> int:
 
 
 def matmul_flops() -> float:
-    """Measured FLOP/s of the model's biggest matmul shape (4096x784 @ 784x256), default threads."""
+    """Best measured FLOP/s of the model's biggest matmul (4096x784 @ 784x256), default threads."""
     import torch
 
     a, b = torch.rand(4096, FEATURES), torch.rand(FEATURES, 256)
     for _ in range(3):
         a @ b
-    reps, tick = 30, time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return reps * 2 * 4096 * FEATURES * 256 / (time.perf_counter() - tick)
+    best = 0.0
+    for _ in range(7):  # best of 7 short trials: the machine is shared
+        reps, tick = 10, time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        best = max(best, reps * 2 * 4096 * FEATURES * 256 / (time.perf_counter() - tick))
+    return best
 
 
 def in_memory_loop(model: torch.nn.Module, x: torch.Tensor) -> float:

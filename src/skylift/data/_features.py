@@ -17,16 +17,10 @@ from typing import Any
 import numpy as np
 
 from skylift.data._builtin import read_builtin
-from skylift.data._feature_files import (
-    FeatureFile,
-    MemoryFile,
-    NpyFile,
-    NpzFile,
-    is_idx_images,
-    is_idx_labels,
-    open_idx,
-)
-from skylift.data._feature_tables import CsvFile, CsvGzFile, ParquetFile, concat_rows
+from skylift.data._feature_csv import CsvFile, CsvGzFile
+from skylift.data._feature_files import FeatureFile, MemoryFile, NpyFile, NpzFile, concat_rows
+from skylift.data._feature_idx import is_idx_images, is_idx_labels, open_idx
+from skylift.data._feature_parquet import ParquetFile
 from skylift.data._io import first_line
 from skylift.errors import DataError
 
