@@ -218,6 +218,9 @@ def _agent(
     args += ["--home", str(home), "--threads", str(threads)] + (["--progress"] if progress else [])
     args += ["--key-file", str(Path(key_file).resolve())] if key_file else []
     args += ["--epoch-hook", *epoch_hook] if epoch_hook else []
+    # The agent's shared store outlives a restart, and gloo would read the dead workers'
+    # addresses left in it; with sharing off, every attempt's rank 0 hosts a fresh store.
+    os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     try:
         elastic_launch(config, sys.executable)(*args)
     except SignalException:  # SIGTERM/SIGINT: the agent has already stopped every worker
