@@ -68,6 +68,10 @@ def _replica(config: ServeConfig, sock: socket.socket, index: int, buckets: Shar
         nonlocal recycled
         if config.max_requests and app.served >= config.max_requests and not recycled:
             recycled = True
+            # Stop accepting now (uvicorn notices should_exit only on its next 0.1 s tick); the
+            # supervisor keeps the port open, so new connections wait for the fresh replica.
+            for listener in server.servers:
+                listener.close()
             server.should_exit = True  # finish in-flight requests, then exit for a fresh replica
 
     app.on_request = count
