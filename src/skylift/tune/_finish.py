@@ -13,27 +13,27 @@ if TYPE_CHECKING:
 
     from skylift.security import MasterKey
     from skylift.tune._plan import Plan
-    from skylift.tune._study import StudyResult
+    from skylift.tune._study import StudyResult, TrialRow
 
 
 def finish(plan: Plan, study: optuna.Study, result: StudyResult, key: MasterKey | None) -> None:
     from skylift.tune import _plots
 
-    best = next((r for r in result.trials if r.state == "complete"), None)
-    complete = [r for r in result.trials if r.state == "complete" and r.value is not None]
-    if complete:
-        pick = max if plan.direction == "maximize" else min
-        best = pick(complete, key=lambda r: r.value or 0.0)
-    result.best = best
+    result.best = _best(result.trials, plan.direction)
     _plots.history(study, plan.metric, plan.folder / "history.png")
     note = _plots.importance(study, plan.folder / "importance.png")
     if note:
         result.notes.append(note)
-    if best is None or result.interrupted:
+    if result.best is None or result.interrupted:
         return
     # Drivers sharing a study (same home) finish at about the same time: one registers.
     with (plan.folder / ".finish.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        from skylift.tune._study import _rows
+
+        # Read again under the lock: another driver may have finished a better trial meanwhile.
+        result.trials = _rows(study)
+        best = result.best = _best(result.trials, plan.direction) or result.best
         record = plan.folder / "best.json"
         previous = json.loads(record.read_text()) if record.is_file() else {}
         registered = previous.get("registered") if previous.get("trial") == best.number else None
@@ -53,6 +53,16 @@ def finish(plan: Plan, study: optuna.Study, result: StudyResult, key: MasterKey 
                 "registered": registered,
             },
         )
+
+
+def _best(trials: list[TrialRow], direction: str) -> TrialRow | None:
+    """The best complete trial (the first of equals), else the first complete one, else None."""
+    complete = [r for r in trials if r.state == "complete"]
+    scored = [r for r in complete if r.value is not None]
+    if scored:
+        pick = max if direction == "maximize" else min
+        return pick(scored, key=lambda r: r.value or 0.0)
+    return complete[0] if complete else None
 
 
 def _register(
