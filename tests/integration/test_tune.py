@@ -47,13 +47,14 @@ def _study(home: Path, name: str = "mnist-mlp") -> optuna.Study:
 
 
 def _trial_processes(home: Path) -> list[int]:
+    """Trial processes (and their DDP workers) of studies under `home`: their output is a trial log."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
-            cmd = (proc / "cmdline").read_bytes()
+            out = os.readlink(proc / "fd" / "1")
         except OSError:
             continue
-        if proc.name.isdigit() and b"skylift.tune._trial" in cmd and str(home).encode() in cmd:
+        if proc.name.isdigit() and out.startswith(str(home / "studies")) and out.endswith(".log"):
             found.append(int(proc.name))
     return found
 

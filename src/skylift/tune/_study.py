@@ -9,19 +9,17 @@ from __future__ import annotations
 import math
 import os
 import secrets
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from skylift import _atomic
 from skylift.errors import SpecError
 from skylift.home import skylift_home
 from skylift.spec import JobSpec
-from skylift.tune import _owner
+from skylift.tune import _owner, _trial
 from skylift.tune._plan import Plan
 
 if TYPE_CHECKING:
@@ -70,9 +68,8 @@ class StudyResult:
 @dataclass
 class _Running:
     trial: optuna.Trial
-    proc: subprocess.Popen[bytes]
+    proc: BaseProcess
     run_id: str
-    log: IO[bytes]
 
 
 def _counted(trials: list[optuna.trial.FrozenTrial]) -> int:
@@ -108,6 +105,7 @@ class _Driver:
         self.notes: list[str] = []
         self.me = _owner.me()
         self.last_beat = 0.0
+        self.forks = _trial.context()
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -180,28 +178,17 @@ class _Driver:
         from skylift.tune._hook import hook_arg
 
         arg = hook_arg(p.storage.url, p.study, trial._trial_id, p.metric, p.pruner, spec.train.epochs)
-        log = (folder / f"{trial.number:04d}.log").open("wb")
-        cmd = [sys.executable, "-m", "skylift.tune._trial", "--spec", str(spec_file), "--run-id", run_id]
-        cmd += [
-            "--home",
-            str(p.home),
-            "--workers",
-            str(p.workers),
-            "--hook",
-            arg,
-            "--parent",
-            str(os.getpid()),
-        ]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.running[trial.number] = _Running(trial, proc, run_id, log)
+        log = folder / f"{trial.number:04d}.log"
+        args = (spec_file, run_id, p.home, p.workers, arg, log, os.getpid())
+        proc = self.forks.Process(target=_trial.run, args=args, name=f"skylift-trial-{trial.number}")
+        proc.start()
+        self.running[trial.number] = _Running(trial, proc, run_id)
         self.ran.append(trial.number)
 
     def _reap(self) -> bool:
-        done = [n for n, r in self.running.items() if r.proc.poll() is not None]
+        done = [n for n, r in self.running.items() if not r.proc.is_alive()]
         for n in done:
-            r = self.running.pop(n)
-            r.log.close()
-            self._tell(r)
+            self._tell(self.running.pop(n))
         return bool(done)
 
     def _tell(self, r: _Running) -> None:
@@ -211,7 +198,7 @@ class _Driver:
 
         n = r.trial.number
         summary_file = RunDir.under(self.plan.home, r.run_id).summary
-        if r.proc.returncode == 0 and summary_file.is_file():
+        if r.proc.exitcode == 0 and summary_file.is_file():
             summary = RunDir.under(self.plan.home, r.run_id).read_summary()
             value = summary.get("best", {}).get(self.plan.metric)
             if summary.get("stopped_early"):
@@ -220,7 +207,7 @@ class _Driver:
             if isinstance(value, int | float) and not math.isnan(value):
                 self._safe_tell(r.trial, value=float(value))
                 return
-        self.note(f"trial {n} failed (exit code {r.proc.returncode}): {self._last_line(n)}")
+        self.note(f"trial {n} failed (exit code {r.proc.exitcode}): {self._last_line(n)}")
         self._safe_tell(r.trial, state=TrialState.FAIL)
 
     def _safe_tell(self, trial: optuna.Trial, value: float | None = None, state: Any = None) -> None:
@@ -255,16 +242,14 @@ class _Driver:
         from optuna.trial import TrialState
 
         for r in self.running.values():
-            if r.proc.poll() is None:
-                r.proc.send_signal(signal.SIGTERM)
+            if r.proc.is_alive():
+                r.proc.terminate()  # SIGTERM: the trial stops like Ctrl-C
         end = time.monotonic() + STOP_WAIT_S
         for r in self.running.values():
-            try:
-                r.proc.wait(timeout=max(0.1, end - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            r.proc.join(timeout=max(0.1, end - time.monotonic()))
+            if r.proc.is_alive():
                 r.proc.kill()
-                r.proc.wait()
-            r.log.close()
+                r.proc.join()
             self._safe_tell(r.trial, state=TrialState.FAIL)
             self.study.enqueue_trial(r.trial.params, user_attrs={_owner.RETRY_OF: r.trial.number})
             self.note(f"trial {r.trial.number} stopped: a re-run retries it")
