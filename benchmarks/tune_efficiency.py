@@ -2,7 +2,11 @@
 dropout, width): best validation accuracy after 8, 16 and 32 trials and the wall time to get there,
 averaged over seeds. Every trial is a real `skylift` training process, 2 at a time.
 
-    python benchmarks/tune_efficiency.py [--seeds 3] [--trials 32] [--epochs 8] [--out FILE.json]
+    python benchmarks/tune_efficiency.py [--seeds 3] [--trials 32] [--epochs 8] [--val-split 0.3]
+                                         [--out FILE.json]
+
+The example's 10% validation split is ~144 digits: accuracy moves in steps of 0.7% and most
+settings tie at the top, so by default the benchmark holds out 30% (~430) to tell them apart.
 """
 
 from __future__ import annotations
@@ -31,13 +35,14 @@ STRATEGIES = {"tpe+hyperband": ("tpe", "hyperband"), "random": ("random", "none"
 MARKS = (8, 16, 32)
 
 
-def _one(strategy: str, seed: int, trials: int, epochs: int) -> dict[str, Any]:
+def _one(strategy: str, seed: int, trials: int, epochs: int, val_split: float) -> dict[str, Any]:
     import optuna
 
     sampler, pruner = STRATEGIES[strategy]
     raw = yaml.safe_load(EXAMPLE.read_text())
     raw["tune"]["space"] = SPACE
     raw["train"]["epochs"] = epochs
+    raw["data"]["validation_split"] = val_split
     spec = parse_spec(raw)
     with tempfile.TemporaryDirectory() as home:
         start = time.time()
@@ -68,6 +73,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--trials", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--val-split", type=float, default=0.3)
     ap.add_argument("--out", type=Path, default=Path("tune_efficiency.json"))
     args = ap.parse_args()
     import optuna
@@ -76,7 +82,7 @@ def main() -> None:
     runs = []
     for seed in range(args.seeds):
         for strategy in STRATEGIES:
-            runs.append(_one(strategy, seed, args.trials, args.epochs))
+            runs.append(_one(strategy, seed, args.trials, args.epochs, args.val_split))
             args.out.write_text(json.dumps(runs, indent=1))  # partial results survive an interruption
             r = runs[-1]
             print(
@@ -94,16 +100,19 @@ def main() -> None:
                 secs = statistics.mean(r["marks"][m][0] for r in mine)
                 print(f"{strategy:14s} after {m:2d} trials: best val_accuracy {acc:.4f}, wall {secs:.0f}s")
     # time for TPE+Hyperband to reach random search's final best (per seed)
+    met = 0
     for seed in range(args.seeds):
         rnd = next(r for r in runs if r["strategy"] == "random" and r["seed"] == seed)
         tpe = next(r for r in runs if r["strategy"] == "tpe+hyperband" and r["seed"] == seed)
         target = rnd["curve"][-1][1]
         reached = next((s for s, b, _ in tpe["curve"] if b >= target), None)
         shown = f"{reached:.0f}s" if reached is not None else "never"
+        met += reached is not None and reached <= rnd["wall_s"] / 2
         print(
             f"seed {seed}: random's {args.trials}-trial best {target:.4f} at {rnd['wall_s']:.0f}s; "
             f"TPE+Hyperband reached it at {shown}"
         )
+    print(f"target (reach it in at most half random's wall time) met on {met} of {args.seeds} seeds")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,22 @@ def test_tune_runs_parallel_trials_registers_the_best_and_resumes(home: Path) ->
     assert len(_study(home).trials) == 3 and "registered model: mnist-mlp:1" in out
 
 
+def test_gp_and_cmaes_samplers_and_timeout(home: Path) -> None:
+    short = ("--set", "train.epochs=1", "--pruner", "none", "--seed", "3")
+    # --timeout: no new trial after 1 s, the running ones finish; far fewer than 50 trials
+    args = ("tune", str(EXAMPLE), "--study", "gp", "--sampler", "gp", "--trials", "50", "--timeout", "1")
+    code, out = _finish(_skylift(home, *args, "--parallel", "2", *short))
+    assert code == 0 and "--timeout 1s reached" in out, out
+    trials = _study(home, "gp").trials
+    assert 1 <= len(trials) <= 6 and all(t.state.name == "COMPLETE" for t in trials)
+    args = ("tune", str(EXAMPLE), "--study", "cma", "--sampler", "cmaes", "--trials", "3")
+    code, out = _finish(_skylift(home, *args, "--parallel", "1", *short))
+    assert code == 0 and "registered model: mnist-mlp:2" in out, out
+    trials = _study(home, "cma").trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    assert len({t.params["train.optimizer.lr"] for t in trials}) == 3
+
+
 def _wait_running(home: Path, proc: subprocess.Popen[str], count: int = 1, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
