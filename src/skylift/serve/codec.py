@@ -7,6 +7,7 @@ responses carry two outputs: `probabilities` (FP32 [R, C], softmax of the logits
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +51,7 @@ class Signature:
 
     @property
     def features(self) -> int:
-        return int(np.prod(self.input_shape))
+        return math.prod(self.input_shape)  # not np.prod: ~3 us a call, on every request
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def decode_v2(body: bytes, header_length: int | None, sig: Signature) -> V2Reque
             x = np.asarray(spec.get("data"), dtype=dtype)
         except (TypeError, ValueError, OverflowError):
             raise BadRequest(f"{where}.data must be numbers of datatype {spec['datatype']}") from None
-    if int(np.prod(shape[1:])) != sig.features:
+    if math.prod(shape[1:]) != sig.features:
         raise BadRequest(f"{where}.shape {shape} does not match the model's input {[-1, *sig.input_shape]}")
     x = _rows(x, sig, shape[0], where)
     return V2Request(x, _requested_outputs(header), _request_id(header))

@@ -34,6 +34,7 @@ def _replica(config: ServeConfig, sock: socket.socket, index: int, buckets: Shar
     """Entry point of one replica process."""
     import torch
     import uvicorn
+    import uvloop
 
     from skylift.serve.app import App
     from skylift.serve.cache import make_cache
@@ -90,7 +91,9 @@ def _replica(config: ServeConfig, sock: socket.socket, index: int, buckets: Shar
             if app.cache is not None:
                 await app.cache.close()
 
-    asyncio.run(main())
+    # uvicorn's loop="uvloop" applies only when uvicorn runs the loop itself; here we do.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
     sys.exit(RECYCLE if recycled else 0)
 
 
