@@ -1,7 +1,8 @@
 """Serving throughput: skylift serve vs a naive FastAPI server vs a no-model HTTP ceiling, one run.
 
 Servers, all on 127.0.0.1, started and stopped by this script, one at a time:
-  skylift      `skylift serve mnist-mlp --replicas 2 --no-auth` (dynamic batching), V2 binary and JSON
+  skylift      `skylift serve mnist-mlp --replicas 2 --no-auth --cache none` (dynamic batching),
+               V2 binary and JSON
   naive        FastAPI + uvicorn, pydantic-validated V2 JSON, one forward per request (`async def`,
                so one request at a time per worker; torch 1 thread per worker), 1 and 2 workers
   ceiling      a constant response of the same size as the naive server's, no model, no framework:
@@ -290,7 +291,9 @@ def prepare(home: Path) -> tuple[bytes, bytes]:
 def servers(home: Path) -> list[Server]:
     me = [sys.executable, str(Path(__file__).resolve()), "--port", "{port}", "--server"]
     skylift = [sys.executable, "-m", "skylift", "--home", str(home), "serve", MODEL]
-    skylift += ["--port", "{port}", "--no-auth", "--replicas", "2"]
+    # No response cache: every bench run numbers its requests from 0, so later runs would be
+    # answered from the cache the earlier ones filled instead of by the model.
+    skylift += ["--port", "{port}", "--no-auth", "--replicas", "2", "--cache", "none"]
     ready = "/v2/health/ready"
     return [
         Server("skylift", skylift, ready, ["v2-binary", "v2-json"], features=False),

@@ -305,7 +305,8 @@ class App:
                 return np.frombuffer(hit, dtype="<f4").reshape(len(x), n_classes), [(b"x-cache", b"hit")]
         deadline = time.monotonic() + self.config.timeout_ms / 1000
         try:
-            probs = await asyncio.wait_for(model.batcher.submit(x, deadline), self.config.timeout_ms / 1000)
+            async with asyncio.timeout(self.config.timeout_ms / 1000):  # no extra task, unlike wait_for
+                probs = await model.batcher.submit(x, deadline)
         except TimeoutError:
             raise DeadlineExceeded from None
         except RuntimeError as exc:

@@ -119,7 +119,8 @@ class Batcher:
                 while rows < self.max_rows and self.arriving > 0 and time.monotonic() < close_at:
                     self._wake.clear()
                     try:
-                        await asyncio.wait_for(self._wake.wait(), close_at - time.monotonic())
+                        async with asyncio.timeout(close_at - time.monotonic()):
+                            await self._wake.wait()
                     except TimeoutError:
                         break
                     more = self._take(self.max_rows - rows)
