@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ ALIASES = "aliases.json"
 _LOCK = ".lock"  # flock target; never replaced, so every writer locks the same inode
 _LAST = ".last_version"  # highest version ever claimed: numbers of deleted versions are never reused
 _VERSION_DIR = re.compile(r"[1-9][0-9]*")
+_STALE_TMP_S = 3600.0  # a registration's temp folder this old belongs to a writer that was killed
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ class Registry:
                 last = 0
             version = max([last, *self._versions(name)]) + 1
             _atomic.write_text(folder / _LAST, f"{version}\n")
+            _remove_stale_temps(folder)
         return version
 
     def register(
@@ -332,3 +335,12 @@ class Registry:
 def _ranges(versions: builtins.list[int]) -> str:
     shown = ", ".join(str(v) for v in versions[-10:])
     return f"..., {shown}" if len(versions) > 10 else shown
+
+
+def _remove_stale_temps(folder: Path) -> None:
+    """Delete `.tmp-*` folders left by registrations that were killed mid-write (SIGKILL, power)."""
+    now = time.time()
+    for tmp in folder.glob(".tmp-*"):
+        with contextlib.suppress(OSError):
+            if now - tmp.stat().st_mtime > _STALE_TMP_S:
+                shutil.rmtree(tmp)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -198,3 +200,17 @@ def test_registry_repr_never_shows_the_key(tmp_path: Path) -> None:
     assert "k" * 8 not in repr(r) and "encrypts=True" in repr(r)
     with pytest.raises(SpecError, match="32 bytes"):
         Registry(tmp_path, b"short")
+
+
+def test_temp_folders_of_killed_registrations_are_cleaned_up(registry: Registry, tiny: Tiny) -> None:
+    registry.register("tiny", tiny.state, tiny.meta)
+    folder = registry.root / "tiny"
+    stale, fresh = folder / ".tmp-2-dead0000", folder / ".tmp-3-busy0000"  # killed; still writing
+    for tmp in (stale, fresh):
+        tmp.mkdir()
+        (tmp / "model.safetensors").write_bytes(b"partial")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    assert registry.register("tiny", tiny.state, tiny.meta).version == 2
+    assert not stale.exists() and fresh.is_dir()
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == ["1", "2"]
