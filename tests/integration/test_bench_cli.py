@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from skylift.cli import main
+from tests.conftest import free_port
 from tests.unit.loadgen.server import MODEL, V2Server, every_tenth
 
 
@@ -72,13 +72,6 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
         code = int(exc.code or 0)
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port  # closed again: nothing listens there
 
 
 def test_bad_input_is_one_line_and_an_exit_code(capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import pytest
 import torch
 
 from skylift.train.checkpoint import load
-from tests.conftest import EXAMPLE
+from tests.conftest import EXAMPLE, free_port
 
 SHORT = ("--set", "train.epochs=4", "--set", "train.threads=1")
 
@@ -70,13 +69,6 @@ def _wait_for_epochs(run: Path, n: int, proc: subprocess.Popen[str], timeout: fl
     raise AssertionError(f"run did not reach epoch {n} (exit code {proc.poll()})")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_two_workers_train_and_only_rank0_writes(home: Path) -> None:
     code, out, err = _finish(
         _skylift(home, "train", str(EXAMPLE), *SHORT, "--workers", "2", "--run-id", "ddp")
@@ -91,7 +83,7 @@ def test_two_workers_train_and_only_rank0_writes(home: Path) -> None:
 
 
 def test_two_nodes_over_loopback_match_one_node_with_two_workers(home: Path) -> None:
-    port = _free_port()
+    port = free_port()
     common = ("train", str(EXAMPLE), *SHORT, "--workers", "1", "--nnodes", "2")
     rdzv = ("--rdzv-endpoint", f"127.0.0.1:{port}", "--run-id", "nodes")
     node0 = _skylift(home, *common, "--node-rank", "0", *rdzv)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 from torch import nn
 
+from tests.conftest import free_port
 from tests.unit.batch.conftest import features, reference, register_mlp
 
 ROWS = 20000
@@ -123,13 +123,6 @@ def test_a_killed_worker_is_restarted_and_the_run_completes(env: tuple[Path, nn.
     assert out.read_bytes() == whole.read_bytes()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_two_nodes_on_loopback(env: tuple[Path, nn.Module]) -> None:
     folder, module = env
     out = folder / "nodes.parquet"
@@ -139,7 +132,7 @@ def test_two_nodes_on_loopback(env: tuple[Path, nn.Module]) -> None:
         "--nnodes",
         "2",
         "--rdzv-endpoint",
-        f"127.0.0.1:{_free_port()}",
+        f"127.0.0.1:{free_port()}",
         "--top-k",
         "3",
     )

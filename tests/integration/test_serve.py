@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from skylift.registry import Registry
 from skylift.spec import load_spec
 from skylift.train import fit
-from tests.conftest import EXAMPLE
+from tests.conftest import EXAMPLE, free_port
 from tests.integration.serve_helpers import Server, running
 
 M = "mnist-mlp"
@@ -632,9 +632,9 @@ def test_repeated_inputs_are_answered_from_the_cache(served_home: Path, server: 
 
 
 def test_redis_cache_is_shared_by_replicas_and_redis_dying_fails_no_request(served_home: Path) -> None:
-    from tests.unit.serve.test_serve_cache import RedisServer, _free_port
+    from tests.unit.serve.test_serve_cache import RedisServer
 
-    redis = RedisServer(_free_port())
+    redis = RedisServer(free_port())
     redis.start()
     try:
         with running(served_home, M, "--no-auth", "--replicas", "2", "--cache", redis.url) as s:

@@ -111,7 +111,8 @@ def _wait_running(home: Path, proc: subprocess.Popen[str], count: int = 1, timeo
 
 
 def test_killed_study_resumes_and_ctrl_c_stops_cleanly(home: Path) -> None:
-    args = ("tune", str(EXAMPLE), "--trials", "2", "--parallel", "1", *SHORT)
+    # 50 epochs (a few seconds a trial): long enough to be caught running by the kill and the Ctrl-C.
+    args = ("tune", str(EXAMPLE), "--trials", "2", "--parallel", "1", *SHORT, "--set", "train.epochs=50")
     first = _skylift(home, *args)
     _wait_running(home, first)
     os.kill(first.pid, signal.SIGKILL)  # the driver dies without a word

@@ -6,7 +6,6 @@ import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -16,20 +15,13 @@ import optuna
 import pytest
 
 from skylift.registry import Registry
-from tests.conftest import EXAMPLE
+from tests.conftest import EXAMPLE, free_port
 from tests.integration.test_tune import _finish, _skylift
 
 
 def _bin(name: str) -> str | None:
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     return found[-1] if found else shutil.which(name)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -43,7 +35,7 @@ def postgres_url() -> Iterator[str]:
     if os.geteuid() == 0:  # postgres refuses to run as root
         shutil.chown(data, "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
+    port = free_port()
     cluster = data / "db"
     try:
         subprocess.run([*as_user, initdb, "-D", str(cluster), "-A", "trust", "-U", "postgres"],

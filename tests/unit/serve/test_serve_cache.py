@@ -19,6 +19,7 @@ from hypothesis.extra import numpy as hnp
 
 from skylift.errors import SpecError
 from skylift.serve.cache import MemoryCache, RedisCache, ResponseCache, cache_key, make_cache
+from tests.conftest import free_port
 
 REDIS = shutil.which("redis-server")
 needs_redis = pytest.mark.skipif(
@@ -66,18 +67,11 @@ class RedisServer:
             return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[RedisServer]:
     if REDIS is None:
         pytest.skip("redis-server not installed (scripts/test installs it)")
-    server = RedisServer(_free_port())
+    server = RedisServer(free_port())
     server.start()
     yield server
     server.stop()
@@ -88,7 +82,7 @@ def own_redis() -> Iterator[RedisServer]:
     """A server of the test's own, to kill and restart."""
     if REDIS is None:
         pytest.skip("redis-server not installed (scripts/test installs it)")
-    server = RedisServer(_free_port())
+    server = RedisServer(free_port())
     server.start()
     yield server
     server.stop()
@@ -319,7 +313,7 @@ def test_redis_outage_is_a_fast_miss_then_recovers(
 @needs_redis
 def test_redis_down_from_the_start(capsys: pytest.CaptureFixture[str]) -> None:
     async def body() -> None:
-        cache = RedisCache(f"redis://127.0.0.1:{_free_port()}/0", max_bytes=1 << 20)
+        cache = RedisCache(f"redis://127.0.0.1:{free_port()}/0", max_bytes=1 << 20)
         try:
             assert not await cache.check()
             assert await _twenty_calls(cache) < 0.5
