@@ -287,6 +287,8 @@ def tune(
 
     Everything is validated before anything is written: a bad space, storage or a study created
     with another direction raise SpecError. At the end the best trial's model is registered.
+    Trials are multiprocessing children (fork server): a script calling this needs the usual
+    `if __name__ == "__main__":` guard, since each trial imports the script's main module.
     """
     from skylift.tune._finish import finish
     from skylift.tune._plan import TuneOptions, make_plan, open_study
