@@ -21,9 +21,9 @@ PRELOAD = (
     "torch",
     "torch._dynamo",  # loaded by the first optimizer step otherwise (~1.5 s)
     "optuna",
+    "matplotlib.pyplot",  # picks no backend on import; the plots switch to Agg when drawing
     "skylift.train.launch",
     "skylift.train.loop",
-    "skylift.train.plots",
     "skylift.tune._hook",
 )
 
