@@ -124,7 +124,7 @@ def fit(
     calls this with the same run id; each trains on its slice of every global batch, DDP averages
     the gradients, validation sums are all-reduced, and only rank 0 writes files.
 
-    `on_epoch(row)` runs on rank 0 after each epoch's checkpoint and returns True to stop early
+    `on_epoch(row)` runs on rank 0 after each epoch's best checkpoint and returns True to stop early
     (a tuner's pruning); every rank passes one or none, and all of them stop at the same epoch.
     A stopped run says `"stopped_early": true` in summary.json.
     """
@@ -155,12 +155,14 @@ def fit(
     history: list[dict[str, Any]] = []
     best: float | None = None
     best_epoch: int | None = None
+    stopped = False
     if state is not None:
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
         gen.set_state(state["rng"]["shuffle"])
         history, best, best_epoch = state["history"], state["best"], state["best_epoch"]
+        stopped = bool(state.get("stopped_early", False))  # a pruned run restarted stays stopped
         if dist.is_main:
             run.write_metrics(history)  # a crash may have come between last.pt and metrics.jsonl
     model = parallel.wrap(net, dist, spec.distributed.sync_batchnorm) if dist.distributed else net
@@ -181,8 +183,7 @@ def fit(
     if observer:
         observer.start(run.run_id, first_epoch, t.epochs, n)
     started = time.perf_counter()
-    stopped = False
-    for epoch in range(first_epoch, t.epochs + 1):
+    for epoch in range(first_epoch, len(history) if stopped else t.epochs + 1):
         tick = time.perf_counter()
         model.train()
         perm_N = torch.randperm(n, generator=gen).to(dist.device)
@@ -219,6 +220,11 @@ def fit(
             best, best_epoch = row[t.checkpoint.monitor], epoch
             if dist.is_main:
                 checkpoint.save(run.best, {"model": net.state_dict(), "meta": {**meta, "epoch": epoch}})
+        if on_epoch is not None:
+            # One tiny all_reduce so every rank leaves the loop at the same epoch (else the others
+            # would wait forever in the next step's gradient sync).
+            stop_1 = torch.tensor([float(dist.is_main and on_epoch(row))], device=dist.device)
+            stopped = parallel.all_reduce_sum(stop_1, dist).item() > 0
         if dist.is_main:
             checkpoint.save(
                 run.last,
@@ -229,19 +235,15 @@ def fit(
                     "history": history,
                     "best": best,
                     "best_epoch": best_epoch,
+                    "stopped_early": stopped,  # kept, so a restart after the stop does not train on
                     "meta": {**meta, "epoch": epoch},
                 },
             )
             run.write_metrics(history)
         if observer:
             observer.epoch(row)
-        if on_epoch is not None:
-            # One tiny all_reduce so every rank leaves the loop at the same epoch (else the others
-            # would wait forever in the next step's gradient sync).
-            stop_1 = torch.tensor([float(dist.is_main and on_epoch(row))], device=dist.device)
-            if parallel.all_reduce_sum(stop_1, dist).item() > 0:
-                stopped = True
-                break
+        if stopped:
+            break
 
     if not dist.is_main:
         return TrainResult(run.run_id, run.path, {}, history)

@@ -27,6 +27,10 @@ def test_on_epoch_true_stops_the_run_and_marks_it(home: Path) -> None:
     assert seen == [1] and len(result.history) == 1
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["stopped_early"] is True and summary["epochs"] == 1
+    # Opened again (as an elastic restart does after a worker dies at teardown): still stopped.
+    (result.run_dir / "summary.json").unlink()
+    again = fit(spec, home=home, run_id="hooked")
+    assert len(again.history) == 1 and again.summary["stopped_early"] is True
 
 
 def test_pruning_hook_reports_and_prunes_a_worse_trial(tmp_path: Path) -> None:
