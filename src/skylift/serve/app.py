@@ -170,7 +170,8 @@ class App:
             status, body, headers = 500, _error(str(exc)), [JSON]
         if len(body) >= compression.MIN_COMPRESS_BYTES:
             body, extra = self._compress(scope, body, extra)
-        await send({"type": "http.response.start", "status": status, "headers": [*headers, *extra]})
+        length = (b"content-length", str(len(body)).encode())  # not chunked: no framing per response
+        await send({"type": "http.response.start", "status": status, "headers": [*headers, *extra, length]})
         await send({"type": "http.response.body", "body": body})
         self.metrics.observe(route, status, time.perf_counter() - start)
         self.served += 1
