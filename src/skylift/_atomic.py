@@ -12,8 +12,12 @@ from typing import IO, Any
 
 
 @contextlib.contextmanager
-def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Yield a temp file beside `path`; on success fsync it and rename it over `path`."""
+def atomic_open(path: Path, mode: str = "wb", sync_dir: bool = True) -> Iterator[IO[Any]]:
+    """Yield a temp file beside `path`; on success fsync it and rename it over `path`.
+
+    `sync_dir=False` skips fsyncing the folder: the rename may then be lost in a power cut (the
+    old file, or none, remains), for files that can be made again.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -26,7 +30,8 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    if sync_dir:
+        _fsync_dir(path.parent)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -58,18 +58,8 @@ class WorkDir:
     def write_part(self, k: int, data: bytes) -> None:
         """Atomically: a reader sees the whole part or none. The folder is not fsynced per part: a
         rename lost in a power cut only means that chunk is computed again."""
-        path = self.part(k)
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        with _atomic.atomic_open(self.part(k), sync_dir=False) as f:
+            f.write(data)
 
     def close(self) -> None:
         if self._lock is not None:
