@@ -52,11 +52,21 @@ def init_from_env(backend: str) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
 
 
-def shutdown() -> None:
+def shutdown(finished: bool) -> None:
+    """Leave the process group; after a finished fit, all ranks leave together.
+
+    Without the barrier the other ranks tore their gloo pairs down while rank 0 was still writing
+    the summary, and about one run in ~7 one of them died in C++ teardown ("terminate called
+    without an active exception", SIGABRT), which the elastic agent answered with a restart.
+    After a failure there is no barrier: the other ranks may be gone.
+    """
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def wrap(model: torch.nn.Module, info: DistInfo, sync_batchnorm: bool) -> torch.nn.Module:

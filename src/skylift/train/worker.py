@@ -42,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     on_epoch = None
     if args.epoch_hook:
         on_epoch = load_epoch_hook(*args.epoch_hook) if info.is_main else _never
+    finished = False
     try:
         fit(
             spec,
@@ -52,13 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             master_key=key,
             on_epoch=on_epoch,
         )
+        finished = True
     except SkyliftError as exc:
         print(f"error (rank {info.rank}): {exc}", file=sys.stderr)
         return exc.exit_code
     finally:
         if display:
             display.close()
-        parallel.shutdown()
+        parallel.shutdown(finished)
     return 0
 
 
