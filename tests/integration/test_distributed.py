@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from skylift.data import load_splits
+from skylift.errors import DataError
+from skylift.registry import Registry
+from skylift.spec import load_spec
 from skylift.train.checkpoint import load
+from skylift.train.evaluation import evaluate_checkpoint_on
+from skylift.train.launch import Placement, launch
 from tests.conftest import EXAMPLE, free_port
 
 SHORT = ("--set", "train.epochs=4", "--set", "train.threads=1")
@@ -73,13 +79,30 @@ def test_two_workers_train_and_only_rank0_writes(home: Path) -> None:
     code, out, err = _finish(
         _skylift(home, "train", str(EXAMPLE), *SHORT, "--workers", "2", "--run-id", "ddp")
     )
-    assert code == 0, err
+    assert code == 0 and err == "", err
     assert "training with 2 worker(s)" in out and "val_accuracy" in out
     run = home / "runs" / "ddp"
     assert _epochs(run) == [1, 2, 3, 4]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["workers"] == 2 and summary["test"]["accuracy"] > 0.8
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    # Registration is rank 0's alone: one version, not one per rank.
+    assert [(e.name, e.versions) for e in Registry(home).list()] == [("mnist-mlp", (1,))]
+
+
+def test_two_worker_metrics_describe_the_checkpoint_they_saved(home: Path) -> None:
+    """Validation under DDP scores the model rank 0 saves (batch-norm statistics averaged first)."""
+    code, _, err = _finish(_skylift(home, "train", str(EXAMPLE), *SHORT, "--workers", "2", "--run-id", "bn"))
+    assert code == 0, err
+    run = home / "runs" / "bn"
+    spec = load_spec(run / "spec.yaml")
+    best = load(run / "checkpoints" / "best.pt")
+    loss, rep = evaluate_checkpoint_on(best, load_splits(spec.data, seed=spec.train.seed).val)
+    row = next(
+        h for h in load(run / "checkpoints" / "last.pt")["history"] if h["epoch"] == best["meta"]["epoch"]
+    )
+    assert row["val_loss"] == pytest.approx(loss, rel=1e-9)
+    assert row["val_accuracy"] == rep.accuracy
 
 
 def test_two_nodes_over_loopback_match_one_node_with_two_workers(home: Path) -> None:
@@ -112,11 +135,27 @@ def test_a_killed_worker_is_restarted_and_the_run_completes(home: Path) -> None:
     workers = _children(proc.pid)
     assert len(workers) == 2, workers
     os.kill(workers[-1], signal.SIGKILL)
+    before = _rows(run)
     code, _out, err = _finish(proc)
     assert code == 0, err
+    assert err.splitlines() == [
+        "a worker was killed by signal 9: restarting the workers from the last checkpoint (restart 1 of 3)"
+    ]
     assert _epochs(run) == list(range(1, epochs + 1))  # each epoch exactly once
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["test"]["accuracy"] > 0.9
+    assert _rows(run)[: len(before)] == before  # resumed: the epochs before the kill were not re-run
+    undisturbed = _skylift(
+        home, "train", str(EXAMPLE), "--set", f"train.epochs={epochs}", "--workers", "2", "--run-id", "calm"
+    )
+    assert _finish(undisturbed)[0] == 0
+    accuracy = [
+        json.loads((home / "runs" / r / "summary.json").read_text())["test"]["accuracy"]
+        for r in ("kill", "calm")
+    ]
+    assert accuracy[0] == pytest.approx(accuracy[1], abs=0.03), accuracy
+
+
+def _rows(run: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_exhausted_restarts_fail_in_one_line_and_keep_the_checkpoint(home: Path) -> None:
@@ -138,24 +177,111 @@ def test_exhausted_restarts_fail_in_one_line_and_keep_the_checkpoint(home: Path)
     os.kill(_children(proc.pid)[0], signal.SIGKILL)
     code, _, err = _finish(proc)
     assert code == 1
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("error: training failed: worker rank") and "killed by signal 9" in last
-    assert "last good checkpoint" in last
+    assert err.count("\n") == 1, err  # the workers' tracebacks and the agent's log are in logs/
+    assert err.startswith("error: training failed: worker rank") and "killed by signal 9" in err
+    assert "last good checkpoint" in err and f"worker logs: {run / 'logs'}" in err
+    assert list((run / "logs").rglob("stderr.log")) and (run / "logs" / "agent.log").is_file()
     state = load(run / "checkpoints" / "last.pt")
     assert len(state["history"]) >= 1
 
 
-def test_sigterm_stops_every_worker(home: Path) -> None:
+HOOKS = """
+from pathlib import Path
+from skylift.errors import DataError
+
+def crash_once(marker):
+    def hook(row):
+        if row["epoch"] == 2 and not Path(marker).exists():
+            Path(marker).touch()
+            raise RuntimeError("boom")
+        return False
+    return hook
+
+def bad_input(arg):
+    def hook(row):
+        raise DataError("the hook found bad input")
+    return hook
+"""
+
+
+@pytest.fixture
+def hooks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A module of epoch hooks that the spawned workers can import."""
+    (tmp_path / "ddp_hooks.py").write_text(HOOKS)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return str(tmp_path / "crashed")
+
+
+def test_an_exception_on_one_rank_restarts_the_workers_and_the_run_completes(home: Path, hooks: str) -> None:
+    spec = load_spec(EXAMPLE, ["train.epochs=4", "train.threads=1"])
+    result = launch(
+        spec, Placement(workers=2), home=home, run_id="exc", epoch_hook=("ddp_hooks:crash_once", hooks)
+    )
+    assert Path(hooks).exists()  # rank 0 did raise at epoch 2
+    assert result is not None and [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    assert _epochs(home / "runs" / "exc") == [1, 2, 3, 4]
+
+
+def test_bad_input_met_inside_a_worker_is_raised_once_with_its_own_error(
+    home: Path, hooks: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    spec = load_spec(EXAMPLE, ["train.epochs=4", "train.threads=1"])
+    with pytest.raises(DataError, match=r"^the hook found bad input$"):
+        launch(spec, Placement(workers=2), home=home, run_id="bad", epoch_hook=("ddp_hooks:bad_input", ""))
+    assert capfd.readouterr().err == ""  # no restart notices: the restarts ended at once
+    # Only the first attempt trained; the restarted workers saw the recorded error and exited at once.
+    logs = home / "runs" / "bad" / "logs"
+    assert len(list(logs.glob("*/attempt_*"))) == 4
+    assert [p.parent.parent.name for p in logs.rglob("stderr.log")] == ["attempt_0", "attempt_0"]
+    assert (
+        "error (rank 0): the hook found bad input"
+        in (next(logs.glob("*/attempt_0")) / "0" / "stderr.log").read_text()
+    )
+
+
+def test_a_run_id_taken_by_another_spec_fails_before_any_worker_starts(home: Path) -> None:
+    code, _, err = _finish(
+        _skylift(home, "train", str(EXAMPLE), *SHORT, "--workers", "2", "--run-id", "taken")
+    )
+    assert code == 0, err
+    code, _, err = _finish(
+        _skylift(
+            home,
+            "train",
+            str(EXAMPLE),
+            *SHORT,
+            "--set",
+            "train.seed=1",
+            "--workers",
+            "2",
+            "--run-id",
+            "taken",
+        )
+    )
+    assert code == 2
+    assert (
+        err == "error: run taken already exists with a different spec: use a new --run-id, "
+        "or `skylift train --resume taken` to continue it unchanged\n"
+    )
+    assert len(list((home / "runs" / "taken" / "logs").glob("taken_*"))) == 1  # the second started no agent
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_every_worker(home: Path, sig: signal.Signals) -> None:
     proc = _skylift(
         home, "train", str(EXAMPLE), "--set", "train.epochs=40", "--workers", "2", "--run-id", "term"
     )
     _wait_for_epochs(home / "runs" / "term", 1, proc)
     workers = _children(proc.pid)
     assert len(workers) == 2
-    proc.send_signal(signal.SIGTERM)
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)  # Ctrl-C in a terminal reaches the whole process group
+    else:
+        proc.send_signal(sig)
     code, _, err = _finish(proc, timeout=60)
-    assert code != 0
-    assert "interrupted" in err
+    assert code == 130
+    assert err == "interrupted\n"
     deadline = time.monotonic() + 10
     while any(_alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.05)

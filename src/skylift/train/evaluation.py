@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from skylift.errors import DataError, ModelNotFound, SpecError
 from skylift.home import skylift_home
-from skylift.metrics import ClassificationReport, report
+from skylift.metrics import ClassificationReport, confusion_matrix, report
 from skylift.train import checkpoint
 from skylift.train.run import RunDir
 
@@ -39,20 +39,26 @@ def as_input(ds: Dataset, input_shape: tuple[int, ...]) -> tuple[torch.Tensor, t
 
 
 def eval_sums(model: torch.nn.Module, x_NS: torch.Tensor, y_N: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """float64 [loss sum, confusion counts C*C...] of `model` in eval mode: sums, so ranks add up exactly."""
+    """float64 [loss sum, confusion counts C*C...] of `model` in eval mode: sums, so ranks add up exactly.
+
+    Per-sample losses are summed in float64 (float32 sums would differ with the split between
+    ranks); the counts come from `skylift.metrics.confusion_matrix`, the one implementation.
+    """
     import torch
     import torch.nn.functional as F
 
     model.eval()
-    sums = torch.zeros(1 + n_classes * n_classes, dtype=torch.float64, device=x_NS.device)
+    loss = torch.zeros((), dtype=torch.float64, device=x_NS.device)
+    preds = []
     with torch.no_grad():
         for lo in range(0, len(y_N), EVAL_BATCH_ROWS):
-            y_B = y_N[lo : lo + EVAL_BATCH_ROWS]
             logits_BC = model(x_NS[lo : lo + EVAL_BATCH_ROWS])
-            sums[0] += F.cross_entropy(logits_BC, y_B, reduction="sum").double()
-            cells_B = y_B * n_classes + logits_BC.argmax(1)
-            sums[1:] += torch.bincount(cells_B, minlength=n_classes * n_classes).double()
-    return sums
+            loss += F.cross_entropy(logits_BC.double(), y_N[lo : lo + EVAL_BATCH_ROWS], reduction="sum")
+            preds.append(logits_BC.argmax(1))
+    pred_N = torch.cat(preds) if preds else torch.empty(0, dtype=torch.int64)
+    cm_CC = confusion_matrix(y_N.cpu().numpy(), pred_N.cpu().numpy(), n_classes)
+    counts = torch.from_numpy(cm_CC.reshape(-1)).to(device=x_NS.device, dtype=torch.float64)
+    return torch.cat([loss.view(1), counts])
 
 
 def sums_to_report(sums: torch.Tensor, n_classes: int) -> tuple[float, ClassificationReport]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -151,7 +152,7 @@ def launch(
     `on_epoch` (named, not a callable, because it must cross into the worker processes).
     """
     from skylift.security import master_key_from_env
-    from skylift.train.loop import fit
+    from skylift.train.loop import check_reopen, fit
 
     home = skylift_home(home)
     key = master_key_from_env(key_file)  # fail on a bad key before training, not after
@@ -164,6 +165,7 @@ def launch(
         digest = hashlib.sha256(shared.encode()).hexdigest()[:12] if shared else None
         run_id = f"{spec.name}-{digest}" if digest else new_run_id(spec.name)
     check_run_id(run_id)
+    check_reopen(spec, RunDir.under(home, run_id))  # here, not in a worker the agent would restart
     with tempfile.TemporaryDirectory(prefix="skylift-launch-") as tmp:
         spec_file = Path(tmp) / "spec.yaml"
         spec_file.write_text(spec.to_yaml())
@@ -195,11 +197,19 @@ def _agent(
     key_file: Path | str | None,
     epoch_hook: tuple[str, str] | None = None,
 ) -> None:
+    """Run the workers under the elastic agent; raises SkyliftError (one line) when they fail.
+
+    The workers' stderr and the agent's log go to runs/<id>/logs/; the terminal gets one line per
+    restart. A worker that meets bad input (a SkyliftError) writes it to a `fatal` file: the
+    restarted workers exit at once on seeing it, and the error is raised here with its exit code.
+    """
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     multi = p.nnodes > 1
+    logs = RunDir.under(home, run_id).path / "logs"
     config = LaunchConfig(
         min_nodes=p.nnodes,
         max_nodes=p.nnodes,
@@ -212,25 +222,83 @@ def _agent(
         max_restarts=p.max_restarts,
         monitor_interval=0.2,
         start_method="spawn",
+        logs_specs=DefaultLogsSpecs(log_dir=str(logs)),  # workers write their stderr.log there
     )
+    fatal = spec_file.parent / "fatal"
     threads = max(1, _cores() // p.workers)  # split the cores so workers do not oversubscribe them
     args = ["-m", "skylift.train.worker", "--spec", str(spec_file), "--run-id", run_id]
-    args += ["--home", str(home), "--threads", str(threads)] + (["--progress"] if progress else [])
+    args += ["--home", str(home), "--threads", str(threads), "--fatal-file", str(fatal)]
+    args += ["--progress"] if progress else []
     args += ["--key-file", str(Path(key_file).resolve())] if key_file else []
     args += ["--epoch-hook", *epoch_hook] if epoch_hook else []
     # The agent's shared store outlives a restart, and gloo would read the dead workers'
     # addresses left in it; with sharing off, every attempt's rank 0 hosts a fresh store.
     os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     try:
-        elastic_launch(config, sys.executable)(*args)
+        with _agent_log(logs / "agent.log", p.max_restarts, fatal):
+            elastic_launch(config, sys.executable)(*args)
     except SignalException:  # SIGTERM/SIGINT: the agent has already stopped every worker
         raise KeyboardInterrupt from None
     except ChildFailedError as exc:
+        if fatal.is_file():
+            raise _fatal_error(fatal.read_text()) from None
         rank, failure = exc.get_first_failure()
         code = failure.exitcode
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
         last = RunDir.under(home, run_id).last
         kept = f"; last good checkpoint: {last}" if last.is_file() else ""
         raise SkyliftError(
-            f"training failed: worker rank {rank} {how} after {p.max_restarts} restart(s){kept}"
+            f"training failed: worker rank {rank} {how} after {p.max_restarts} restart(s){kept} "
+            f"(worker logs: {logs})"
         ) from None
+
+
+@contextlib.contextmanager
+def _agent_log(path: Path, max_restarts: int, fatal: Path) -> Iterator[None]:
+    """Send torch's elastic-agent log records to `path`; print one line for each worker restart
+    (none after a worker recorded bad input in `fatal`: those restarts end at once)."""
+    import logging
+
+    class Restarts(logging.Handler):
+        failures = 0
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if not str(record.msg).startswith("failed (exitcode") or fatal.exists():
+                return
+            Restarts.failures += 1
+            if Restarts.failures <= max_restarts:
+                code = record.args[0] if isinstance(record.args, tuple) else 0
+                code = code if isinstance(code, int) else 0
+                how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                print(
+                    f"a worker {how}: restarting the workers from the last checkpoint "
+                    f"(restart {Restarts.failures} of {max_restarts})",
+                    file=sys.stderr,
+                )
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(path)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("torch.distributed.elastic")
+    handlers = [to_file, Restarts()]
+    for h in handlers:
+        logger.addHandler(h)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        for h in handlers:
+            logger.removeHandler(h)
+            h.close()
+        logger.propagate = True
+
+
+def _fatal_error(text: str) -> SkyliftError:
+    """The SkyliftError a worker recorded as `ClassName message` in its fatal file."""
+    from skylift import errors
+
+    name, _, message = text.partition(" ")
+    cls = getattr(errors, name, SkyliftError)
+    if not (isinstance(cls, type) and issubclass(cls, SkyliftError)):
+        cls = SkyliftError
+    return cls(message.strip())

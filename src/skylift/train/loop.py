@@ -73,9 +73,8 @@ def _improved(value: float, best: float | None, mode: str) -> bool:
     return value < best if mode == "min" else value > best
 
 
-def _prepare_run(spec: JobSpec, home: Path, run_id: str | None) -> tuple[RunDir, dict[str, Any] | None]:
-    """Create the run folder, or reopen it when it holds the same spec (resume from last.pt)."""
-    run = RunDir.under(home, run_id or new_run_id(spec.name))
+def check_reopen(spec: JobSpec, run: RunDir) -> None:
+    """Raise SpecError when `run` exists with another spec (reopening it would mix two jobs)."""
     if run.spec.exists():
         from skylift.spec import load_spec
 
@@ -84,6 +83,13 @@ def _prepare_run(spec: JobSpec, home: Path, run_id: str | None) -> tuple[RunDir,
                 f"run {run.run_id} already exists with a different spec: use a new --run-id, "
                 f"or `skylift train --resume {run.run_id}` to continue it unchanged"
             )
+
+
+def _prepare_run(spec: JobSpec, home: Path, run_id: str | None) -> tuple[RunDir, dict[str, Any] | None]:
+    """Create the run folder, or reopen it when it holds the same spec (resume from last.pt)."""
+    run = RunDir.under(home, run_id or new_run_id(spec.name))
+    check_reopen(spec, run)
+    if run.spec.exists():
         return run, checkpoint.load(run.last) if run.last.exists() else None
     run.path.mkdir(parents=True, exist_ok=True)
     _atomic.write_text(run.spec, spec.to_yaml())
@@ -178,7 +184,7 @@ def fit(
 
     n = len(y_N)
     bounds = _batch_bounds(n, t.batch_size, dist.world_size)
-    step_loss_S = torch.empty(len(bounds), device=dist.device)
+    step_loss_S = torch.empty(len(bounds), dtype=torch.float64, device=dist.device)
     first_epoch = len(history) + 1
     if observer:
         observer.start(run.run_id, first_epoch, t.epochs, n)
@@ -203,8 +209,9 @@ def fit(
             if observer:
                 observer.step(hi - lo)
         seconds = time.perf_counter() - tick
+        parallel.average_buffers(net, dist)
         sums = eval_sums(net, xv_NS, yv_N, len(classes))
-        totals = parallel.all_reduce_sum(torch.cat([sums, step_loss_S.sum().double().view(1)]), dist)
+        totals = parallel.all_reduce_sum(torch.cat([sums, step_loss_S.sum().view(1)]), dist)
         val_loss, val_report = sums_to_report(totals[:-1], len(classes))
         row = {
             "epoch": epoch,
