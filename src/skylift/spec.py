@@ -6,10 +6,18 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from skylift.errors import SpecError
 
@@ -34,6 +42,19 @@ MAX_SPEC_BYTES = 1 << 20  # 1 MiB: a job spec is a page of YAML, not a data file
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """true/false where a number or list belongs is a mistake (lax pydantic reads it as 1/0)."""
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and not _admits_bool(field.annotation):
+            raise ValueError("true/false is not valid here")
+        return value
+
+
+def _admits_bool(annotation: Any) -> bool:
+    return annotation is bool or bool in get_args(annotation) or annotation is Any
 
 
 class DataSpec(_Frozen):

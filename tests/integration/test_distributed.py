@@ -314,6 +314,10 @@ def test_workers_auto_keeps_the_mlp_in_one_process(home: Path) -> None:
             ("--workers", "2", "--set", "distributed.sync_batchnorm=true"),
             "distributed.sync_batchnorm needs CUDA",
         ),
+        (
+            ("--set", "distributed.backend=nccl"),
+            "distributed.backend nccl needs GPUs and this machine has none",
+        ),
     ],
 )
 def test_bad_placement_is_one_line_exit_2(home: Path, args: tuple[str, ...], message: str) -> None:

@@ -82,6 +82,9 @@ def test_resolved_spec_round_trips_and_hashes_stably() -> None:
         ("data=3", "data: input should be a valid dictionary"),
         ("train.epochs.x=1", "--set train.epochs.x: train.epochs is not a section"),
         ("noequals", "--set expects FIELD=VALUE"),
+        ("train.batch_size=true", "train.batch_size: true/false is not valid here, got True"),
+        ("train.optimizer.lr=false", "train.optimizer.lr: true/false is not valid here, got False"),
+        ("model.input_shape=true", "model.input_shape: true/false is not valid here"),
     ],
 )
 def test_bad_fields_get_one_line_naming_field_and_value(override: str, message: str) -> None:

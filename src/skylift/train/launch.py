@@ -116,14 +116,21 @@ def place(
         chosen, reason = choose_workers(spec, net, x, y)
     assert isinstance(chosen, int)
     world = chosen * nnodes
-    if world > 1 and d.sync_batchnorm:
-        import torch
+    import torch
 
-        if not torch.cuda.is_available():
-            raise SpecError(
-                "distributed.sync_batchnorm needs CUDA (PyTorch's SyncBatchNorm does not run on CPU); "
-                "on CPU each worker keeps its own batch-norm statistics: set it to false"
-            )
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if d.backend == "nccl" and not gpus:
+        raise SpecError("distributed.backend nccl needs GPUs and this machine has none: use gloo or auto")
+    if world > 1 and d.backend != "gloo" and 0 < gpus < chosen:
+        raise SpecError(
+            f"{chosen} workers on this node but {gpus} GPU(s): NCCL needs one GPU per worker; "
+            f"use --workers {gpus}, or distributed.backend: gloo to train on the CPU"
+        )
+    if world > 1 and d.sync_batchnorm and not gpus:
+        raise SpecError(
+            "distributed.sync_batchnorm needs CUDA (PyTorch's SyncBatchNorm does not run on CPU); "
+            "on CPU each worker normalises with its own batch statistics: set it to false"
+        )
     if spec.train.batch_size < 2 * world:
         raise SpecError(
             f"train.batch_size {spec.train.batch_size} gives fewer than 2 rows per worker "

@@ -67,6 +67,13 @@ def _batch_bounds(n: int, batch: int, world: int = 1) -> list[tuple[int, int]]:
     return bounds
 
 
+def _cuda_rng(dist: DistInfo) -> dict[str, Any]:
+    """The GPU's random state (dropout on CUDA draws from it), for an exact resume there."""
+    import torch
+
+    return {"cuda": torch.cuda.get_rng_state(dist.device)} if dist.device != "cpu" else {}
+
+
 def _improved(value: float, best: float | None, mode: str) -> bool:
     if best is None or math.isnan(best):
         return not math.isnan(value)
@@ -139,7 +146,9 @@ def fit(
 
     from skylift.models import count_parameters
 
-    dist = dist or DistInfo()
+    if dist is None:  # one process: the GPU when there is one, unless the spec forces gloo (CPU)
+        gpu = torch.cuda.is_available() and spec.distributed.backend != "gloo"
+        dist = DistInfo(device="cuda" if gpu else "cpu")
     home = skylift_home(home)
     t = spec.train
     if t.threads:
@@ -166,6 +175,8 @@ def fit(
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and dist.device != "cpu":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], dist.device)
         gen.set_state(state["rng"]["shuffle"])
         history, best, best_epoch = state["history"], state["best"], state["best_epoch"]
         stopped = bool(state.get("stopped_early", False))  # a pruned run restarted stays stopped
@@ -238,7 +249,7 @@ def fit(
                 {
                     "model": net.state_dict(),
                     "optimizer": optimizer.state_dict(),
-                    "rng": {"torch": torch.get_rng_state(), "shuffle": gen.get_state()},
+                    "rng": {"torch": torch.get_rng_state(), "shuffle": gen.get_state(), **_cuda_rng(dist)},
                     "history": history,
                     "best": best,
                     "best_epoch": best_epoch,
