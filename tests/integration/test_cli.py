@@ -75,15 +75,20 @@ def _bad_data(tmp_path: Path, kind: str) -> tuple[list[str], str]:
         return [f"data.train={tmp_path / 'nope.npz'}"], "not found"
     if kind == "label column absent":
         (tmp_path / "d.csv").write_text("a,b,target\n1,2,0\n3,4,1\n")
-        return [f"data.train={tmp_path / 'd.csv'}", "model.input_shape=null"], "label"
+        return [
+            f"data.train={tmp_path / 'd.csv'}",
+            "model.input_shape=null",
+        ], "label column 'label' not found; columns present: a, b, target"
     if kind == "count mismatch":
         _write_idx(tmp_path / "train-images-idx3-ubyte", (x[:5] * 255).reshape(5, 28, 28))
         _write_idx(tmp_path / "train-labels-idx1-ubyte", y[:4])
-        return [f"data.train={tmp_path / 'train-images-idx3-ubyte'}"], "5"
+        return [
+            f"data.train={tmp_path / 'train-images-idx3-ubyte'}"
+        ], "holds 5 images but train-labels-idx1-ubyte holds 4"
     if kind == "truncated idx":
         _write_idx(tmp_path / "train-images-idx3-ubyte", (x[:5] * 255).reshape(5, 28, 28), truncate=100)
         _write_idx(tmp_path / "train-labels-idx1-ubyte", y[:5])
-        return [f"data.train={tmp_path / 'train-images-idx3-ubyte'}"], "train-images-idx3-ubyte"
+        return [f"data.train={tmp_path / 'train-images-idx3-ubyte'}"], "truncated: header promises 3920 bytes"
     if kind == "corrupt gzip idx":
         (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\x00" * 64)[:20])
         _write_idx(tmp_path / "train-labels-idx1-ubyte", y[:5])
@@ -92,11 +97,11 @@ def _bad_data(tmp_path: Path, kind: str) -> tuple[list[str], str]:
         np.savez(tmp_path / "d.npz", x=x, y=y)
         blob = (tmp_path / "d.npz").read_bytes()
         (tmp_path / "d.npz").write_bytes(blob[: len(blob) // 2])
-        return [f"data.train={tmp_path / 'd.npz'}"], "d.npz"
+        return [f"data.train={tmp_path / 'd.npz'}"], "d.npz: not a readable .npz archive"
     if kind == "nan features":
         x[7, 3] = np.nan
         np.savez(tmp_path / "d.npz", x=x, y=y)
-        return [f"data.train={tmp_path / 'd.npz'}"], "NaN"
+        return [f"data.train={tmp_path / 'd.npz'}"], "d.npz: feature row 7 contains NaN"
     if kind == "shape mismatch":
         return ["model.input_shape=[100]"], "input_shape [100]"
     raise AssertionError(kind)

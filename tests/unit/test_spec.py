@@ -154,3 +154,9 @@ def test_any_junk_in_any_section_is_a_spec_error_or_valid(section: str, value: A
         assert isinstance(parse_spec(raw), JobSpec)
     except SpecError as exc:
         assert "\n" not in str(exc)
+
+
+def test_quickstart_trains_the_example_spec() -> None:
+    """The packaged quickstart spec is the README's example, byte for byte (no drift between them)."""
+    packaged = Path(__file__).parents[2] / "src" / "skylift" / "cli" / "quickstart.yaml"
+    assert packaged.read_bytes() == EXAMPLE.read_bytes()
