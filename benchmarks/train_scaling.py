@@ -3,6 +3,8 @@
 Weak scaling keeps 64 rows per worker (global batch 64 x workers); efficiency is
 2-worker samples/s / (2 x 1-worker samples/s). Strong scaling keeps the global batch at 64 (the
 same job, split). Models: the MNIST MLP, and a small CNN whose step is compute-bound.
+The "no-sync ceiling" runs two independent 1-worker jobs at the same time: what 2 processes
+reach on this machine with no gradient sync at all (shared cores, caches, memory bandwidth).
 Run: `python benchmarks/train_scaling.py [--epochs 4]`.
 """
 
@@ -30,7 +32,16 @@ def samples_per_s(spec: JobSpec, workers: int, home: Path) -> float:
     result = launch(spec, Placement(workers=workers, max_restarts=0), home=home)
     assert result is not None
     rates = [h["samples_per_s"] for h in result.history[1:]]  # epoch 1 warms up
-    return statistics.median(rates)
+    return float(statistics.median(rates))
+
+
+def side_by_side(spec: JobSpec, home: Path) -> float:
+    """Summed samples/s of two independent 1-worker jobs running at the same time."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return sum(pool.map(samples_per_s, [spec, spec], [1, 1], [home, home]))
 
 
 def main() -> None:
@@ -50,13 +61,19 @@ def main() -> None:
             two = load_spec(EXAMPLE, [*overrides, f"train.batch_size={2 * per_worker or 64}"])
             r1 = samples_per_s(one, 1, Path(tmp))
             r2 = samples_per_s(two, 2, Path(tmp))
-            rows.append((model, kind, one.train.batch_size, two.train.batch_size, r1, r2))
+            free = side_by_side(one, Path(tmp)) if kind == "weak" else None
+            rows.append((model, kind, one.train.batch_size, two.train.batch_size, r1, r2, free))
     print(f"torch {torch.__version__}; gloo; 1 thread per worker; epochs={args.epochs}; builtin:digits28")
-    print("| model | scaling | batch 1w | batch 2w | 1w samples/s | 2w samples/s | 2w / 1w | eff. |")
-    print("|---|---|---|---|---|---|---|---|")
-    for model, kind, b1, b2, r1, r2 in rows:
+    print(
+        "| model | scaling | batch 1w | batch 2w | 1w samples/s | 2w samples/s | 2w / 1w | eff. "
+        "| no-sync ceiling: 2 x 1w side by side | ceiling eff. |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for model, kind, b1, b2, r1, r2, free in rows:
         ratio = r2 / r1
-        print(f"| {model} | {kind} | {b1} | {b2} | {r1:,.0f} | {r2:,.0f} | {ratio:.2f}x | {ratio / 2:.2f} |")
+        ceiling = f"{free:,.0f} | {free / (2 * r1):.2f}" if free else "- | -"
+        cells = f"| {model} | {kind} | {b1} | {b2} | {r1:,.0f} | {r2:,.0f} | {ratio:.2f}x | {ratio / 2:.2f}"
+        print(f"{cells} | {ceiling} |")
 
 
 if __name__ == "__main__":
