@@ -29,11 +29,13 @@ _EXPORTS = {
     "evaluate": "skylift.train",
     "load_model": "skylift.registry",
     "Registry": "skylift.registry",
+    "predict": "skylift.batch",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 if TYPE_CHECKING:  # static types for the lazy names below
+    from skylift.batch import predict as predict
     from skylift.data import load_splits as load_splits
     from skylift.data import read_source as read_source
     from skylift.errors import AuthError as AuthError

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -143,7 +145,11 @@ def test_two_nodes_on_loopback(env: tuple[Path, nn.Module]) -> None:
     (code0, out0, err0), (code1, out1, err1) = (_finish(p) for p in nodes)
     assert (code0, code1) == (0, 0), err0 + err1
     assert f"predicted {ROWS:,} rows" in out0 and "1 worker(s) x 2 node(s)" in out0, out0
-    assert "done (node 0 writes the output)" in out1, out1
+    share0 = re.search(r"^node 0 computed ([\d,]+) rows$", out0, re.M)
+    share1 = re.search(r"^done: node 1 computed ([\d,]+) rows \(node 0 writes the output\)$", out1, re.M)
+    assert share0 and share1, out0 + out1
+    rows0, rows1 = (int(m[1].replace(",", "")) for m in (share0, share1))
+    assert rows1 > 0 and rows0 + rows1 == ROWS, (rows0, rows1)  # node 1 did its share of the work
     import pyarrow.parquet as pq
 
     table = pq.read_table(out)
@@ -151,6 +157,27 @@ def test_two_nodes_on_loopback(env: tuple[Path, nn.Module]) -> None:
     np.testing.assert_array_equal(table.column("class").to_numpy(), classes)
     np.testing.assert_array_equal(table.column("top1_class").to_numpy(), classes)
     np.testing.assert_allclose(table.column("top1_proba").to_numpy(), proba.max(1), rtol=0, atol=1e-6)
+
+
+def test_workers_split_the_cores_between_their_torch_threads(
+    env: tuple[Path, nn.Module], tmp_path: Path
+) -> None:
+    """`skylift.predict` in a fresh interpreter (as a user's script runs it), two real workers."""
+    folder, module = env
+    x = np.load(folder / "x.npy")[:2000]
+    np.save(tmp_path / "x.npy", x)
+    script = (
+        "import sys, json, skylift\n"
+        "r = skylift.predict('mnist-mlp', *sys.argv[1:3], workers=2, chunk_rows=100, home=sys.argv[3])\n"
+        "print(json.dumps({'threads': r.threads, 'node_rows': r.node_rows, 'rows': r.computed_rows}))\n"
+    )
+    args = [str(tmp_path / "x.npy"), str(tmp_path / "p.npz"), str(folder / "home")]
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    cores = len(os.sched_getaffinity(0))
+    want = max(1, cores // 2)  # each worker's share of the cores (not torch's default: all of them)
+    assert json.loads(done.stdout) == {"threads": [want, want], "node_rows": 2000, "rows": 2000}
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npz")["class"], reference(module, x)[0])
 
 
 def test_readme_command_on_parquet_with_an_alias(env: tuple[Path, nn.Module]) -> None:

@@ -1,8 +1,10 @@
-"""`skylift models ...` and `skylift keys master-create` end to end on a really trained model."""
+"""`skylift models ...`, `keys master-create` and `keys create` end to end on a really trained model."""
 
 from __future__ import annotations
 
 import base64
+import json
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 import torch
 
 from skylift.cli import main
+from skylift.registry import _manifest as manifest_mod
 from skylift.registry import load_model
 from tests.conftest import EXAMPLE
 from tests.unit.registry.conftest import snapshot
@@ -128,8 +131,17 @@ def test_encrypted_models_through_the_cli(
     assert (cli_home / "registry/mnist-mlp/1/model.safetensors.enc").is_file()
     code, out, _ = run(capsys, "models", "show", "mnist-mlp")
     assert code == 0 and "yes (AES-256-GCM)" in out
-    assert run(capsys, "models", "verify", "mnist-mlp")[:2] == (0, "OK mnist-mlp:1\n")
-    assert run(capsys, "models", "verify", "mnist-mlp", "--key-file", str(key_file))[0] == 0
+    code, out, _ = run(capsys, "models", "verify", "mnist-mlp")  # no key: hashes only, and it says so
+    assert code == 0 and out.startswith("hashes OK mnist-mlp:1; not authenticated: ")
+    assert "needs the master key (--key-file or SKYLIFT_MASTER_KEY)" in out and out.count("\n") == 1
+    assert run(capsys, "models", "verify", "mnist-mlp", "--key-file", str(key_file))[:2] == (
+        0,
+        "OK mnist-mlp:1\n",
+    )
+    code, out, _ = run(capsys, "models", "show", "mnist-mlp")
+    assert code == 0 and "not authenticated (needs the master key)" in out
+    code, out, _ = run(capsys, "models", "show", "mnist-mlp", "--key-file", str(key_file))
+    assert code == 0 and "manifest authenticated with the master key" in out
 
     before = snapshot(cli_home)
     out_file = tmp_path / "m.onnx"
@@ -223,3 +235,104 @@ def test_master_create_refuses_to_overwrite(tmp_path: Path, capsys: pytest.Captu
     path.write_text("precious\n")
     code, _, err = run(capsys, "keys", "master-create", str(path))
     assert code == 2 and "refusing to overwrite" in err and path.read_text() == "precious\n"
+
+
+def _edit_metric(folder: Path) -> None:
+    info = json.loads((folder / "model.json").read_text())
+    info["metrics"]["val_accuracy"] = 0.9999
+    (folder / "model.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def test_show_verifies_what_it_shows(cli_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "models", "register", RUN)[0] == 0
+    folder = cli_home / "registry" / "mnist-mlp" / "1"
+    code, out, _ = run(capsys, "models", "show", "mnist-mlp")
+    assert code == 0 and "every file's SHA-256 verified" in out and "0.9999" not in out
+    _edit_metric(folder)  # a better-looking val_accuracy, by hand
+    before = snapshot(cli_home)
+    code, out, err = run(capsys, "models", "show", "mnist-mlp")
+    assert code == 1 and out == "" and "0.9999" not in err
+    assert err.startswith("error: mnist-mlp:1: model.json: ") and err.count("\n") == 1, err
+    assert "run `skylift models verify mnist-mlp:1`" in err
+    assert snapshot(cli_home) == before
+
+
+def test_a_plain_version_swapped_in_for_an_encrypted_one_is_refused_with_the_key(
+    cli_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key_file = tmp_path / "master.key"
+    assert run(capsys, "keys", "master-create", str(key_file))[0] == 0
+    assert run(capsys, "models", "register", RUN, "--key-file", str(key_file))[0] == 0
+    # The attacker registers a model of their own, plainly, as mnist-mlp:1 elsewhere, and puts its
+    # whole folder (weights, model.json, MANIFEST.json: all consistent) in place of the encrypted one.
+    attacker = tmp_path / "attacker"
+    checkpoint = cli_home / "runs" / RUN / "checkpoints" / "last.pt"
+    assert run(capsys, "models", "register", str(checkpoint), "--home", str(attacker))[0] == 0
+    forged = attacker / "registry" / "mnist-mlp" / "1"
+    _edit_metric(forged)
+    (forged / "MANIFEST.json").unlink()
+    blobs = {p.name: p.read_bytes() for p in forged.iterdir()}
+    (forged / "MANIFEST.json").write_text(json.dumps(manifest_mod.build(blobs)))
+    target = cli_home / "registry" / "mnist-mlp" / "1"
+    shutil.rmtree(target)
+    shutil.copytree(forged, target)
+    before = snapshot(cli_home)
+    refused = "mnist-mlp:1 is not encrypted although a master key is set (a plain version could have been"
+    for command in (["show"], ["export", "--format", "onnx", "--output", str(tmp_path / "m.onnx")]):
+        code, out, err = run(
+            capsys, "models", command[0], "mnist-mlp", *command[1:], "--key-file", str(key_file)
+        )
+        assert code == 1 and err.startswith(f"error: {refused}") and err.count("\n") == 1, err
+        assert "re-register it with the key, or use it without the key" in err and "0.9999" not in out
+    code, out, _ = run(capsys, "models", "verify", "mnist-mlp", "--key-file", str(key_file))
+    assert code == 1 and out.splitlines()[0] == "mnist-mlp:1: 1 problem"
+    assert out.splitlines()[1].strip().startswith("not encrypted although a master key is set")
+    code, _, err = run(
+        capsys, "evaluate", "mnist-mlp:1", "--data", "builtin:digits28", "--key-file", str(key_file)
+    )
+    assert code == 1 and err.startswith(f"error: {refused}") and err.count("\n") == 1, err
+    assert not (tmp_path / "m.onnx").exists() and snapshot(cli_home) == before
+
+
+@pytest.mark.parametrize("damage", ["missing manifest", "truncated weights"])
+def test_a_damaged_version_through_verify_show_and_evaluate(
+    cli_home: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    assert run(capsys, "models", "register", RUN)[0] == 0
+    folder = cli_home / "registry" / "mnist-mlp" / "1"
+    if damage == "missing manifest":
+        (folder / "MANIFEST.json").unlink()
+        line = f"MANIFEST.json is missing in {folder}"
+    else:
+        weights = folder / "model.safetensors"
+        size = weights.stat().st_size
+        weights.write_bytes(weights.read_bytes()[: size // 2])
+        line = f"model.safetensors: {size // 2} bytes, the manifest says {size} (truncated or changed)"
+    before = snapshot(cli_home)
+    code, out, _ = run(capsys, "models", "verify", "mnist-mlp:1")
+    assert (code, out.splitlines()) == (1, ["mnist-mlp:1: 1 problem", f"  {line}"]), out
+    for args in (["models", "show", "mnist-mlp"], ["evaluate", "mnist-mlp:1", "--data", "builtin:digits28"]):
+        code, out, err = run(capsys, *args)
+        assert code == 1 and out == "", out
+        assert err == f"error: mnist-mlp:1: {line}; run `skylift models verify mnist-mlp:1`\n", err
+    assert snapshot(cli_home) == before
+
+
+def test_keys_create_as_in_the_design_needs_no_name(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from skylift.security.apikeys import KeyStore, keys_file
+
+    monkeypatch.delenv("SKYLIFT_API_KEYS_FILE", raising=False)
+    made = {}
+    for _ in range(2):
+        code, out, err = run(capsys, "keys", "create", "--scope", "predict")  # DESIGN.md section 1
+        assert code == 0, err
+        match = re.match(r"created API key '(key-[0-9a-f]{8})' \(scopes: predict\)", err)
+        assert match and len(out.split()) == 1 and match[1] not in out, err
+        made[match[1]] = out.strip()  # stdout holds the key alone
+    assert len(made) == 2  # two generated names, distinct
+    code, out, _ = run(capsys, "keys", "list")
+    assert code == 0 and all(name in out for name in made)
+    store = KeyStore(keys_file(home))
+    assert {store.verify(key).name for key in made.values()} == set(made)

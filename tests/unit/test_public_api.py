@@ -28,6 +28,7 @@ def test_public_api_is_pinned() -> None:
             "load_spec",
             "load_splits",
             "parse_spec",
+            "predict",
             "read_source",
             "resume",
         ]

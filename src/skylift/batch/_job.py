@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,8 +96,9 @@ def check_options(
             raise SpecError(f"--top-k must be >= 1, got {top_k}")
         if n_classes is not None and top_k > n_classes:
             raise SpecError(f"--top-k {top_k} exceeds the model's {n_classes} classes")
-        if fmt == "npy":
-            raise SpecError("an .npy output holds one array: use .npz, .parquet, .csv or .jsonl with --top-k")
+    for flag, given in (("--proba", proba), ("--top-k", top_k is not None)):
+        if given and fmt == "npy":  # it would hold the probabilities and lose the predicted class
+            raise SpecError(f"an .npy output holds one array: use .npz, .parquet, .csv or .jsonl with {flag}")
 
 
 def check_output(output: Path, overwrite: bool) -> None:
@@ -110,8 +112,16 @@ def check_output(output: Path, overwrite: bool) -> None:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SpecError(f"cannot create the output folder {parent}: {exc.strerror or exc}") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise SpecError(f"cannot write the output {output}: folder {parent} is not writable")
+    # Create a file to find out: os.access says yes to root even where nothing can be written
+    # (/proc, /sys, a read-only bind mount).
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{output.name}.", suffix=".probe")
+    except OSError as exc:
+        raise SpecError(
+            f"cannot write the output {output}: folder {parent} is not writable ({exc.strerror or exc})"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def job_key(job: PredictJob, model_sha256: str, input_identity: list[dict[str, Any]]) -> str:
@@ -153,10 +163,8 @@ def open_job(
     from skylift.data import open_features
     from skylift.registry import Registry
 
-    registry = Registry(job.home, master_key)
-    model = model if model is not None else registry.load(job.model)
-    files = registry.info(job.model)["files"]
-    weights = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    model = model if model is not None else Registry(job.home, master_key).load(job.model)
+    weights = hashlib.sha256(json.dumps(model.files, sort_keys=True).encode()).hexdigest()
     source = open_features(
         job.input, chunk_rows=job.chunk_rows, label_column=job.label_column, use_threads=arrow_threads
     )

@@ -48,6 +48,10 @@ class PredictResult:
     """Chunks an interrupted run had finished, not computed again."""
     predict_seconds: float = 0.0
     """The part of `seconds` spent predicting (all workers started, output not yet written)."""
+    node_rows: int = 0
+    """Rows this node's workers predicted themselves: its share of `computed_rows`."""
+    threads: tuple[int, ...] = ()
+    """torch threads of each of this node's workers, in rank order (the cores split between them)."""
     notes: tuple[str, ...] = ()
 
     @property
@@ -139,6 +143,8 @@ def predict(
         result = run_rank(
             job, _solo(), master_key=key, observer=_display if progress else None, opened=opened
         )
+        node_rows = result.own_rows
+        threads_used: tuple[int, ...] = (_torch_threads(),)
     else:
         opened.source.close()
         threads = max(1, _cores() // workers)  # split the cores so workers do not oversubscribe them
@@ -159,6 +165,8 @@ def predict(
             progress,
         )
         result = _pick(results)
+        node_rows = sum(r.own_rows for r in results.values())
+        threads_used = tuple(results[r].threads for r in sorted(results))
     if result.error is not None:
         from skylift.batch._rank import as_error
 
@@ -173,6 +181,8 @@ def predict(
         chunks=result.chunks,
         resumed_chunks=result.resumed_chunks,
         predict_seconds=result.predict_seconds,
+        node_rows=node_rows,
+        threads=threads_used,
         notes=notes,
     )
 
@@ -184,6 +194,12 @@ def _check_placement(workers: int, nnodes: int, node_rank: int, rdzv_endpoint: s
         raise SpecError("multi-node prediction needs --rdzv-endpoint HOST:PORT (the same on every node)")
     if not 0 <= node_rank < nnodes:
         raise SpecError(f"--node-rank must be in [0, {nnodes - 1}], got {node_rank}")
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _solo() -> Any:

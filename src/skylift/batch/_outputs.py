@@ -56,11 +56,8 @@ def _npy_header(f: IO[bytes], dtype: np.dtype[Any], shape: tuple[int, ...]) -> N
 
 
 def _npy(f: IO[bytes], rows: int, values: np.ndarray, outputs: Outputs, parts: Parts) -> None:
-    if outputs.proba:
-        _npy_header(f, np.dtype(np.float32), (rows, len(values)))
-        for arrays in parts():
-            f.write(arrays[1].astype(np.float32, copy=False).tobytes())
-        return
+    if outputs.proba or outputs.top_k is not None:  # check_options refuses these before any work
+        raise ValueError("an .npy output holds the class alone")
     _npy_header(f, values.dtype, (rows,))
     for arrays in parts():
         f.write(values[arrays[0]].tobytes())

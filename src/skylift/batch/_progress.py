@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from rich.console import Console
@@ -12,7 +13,6 @@ from rich.progress import (
     Task,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.text import Text
 
@@ -39,15 +39,50 @@ class _Rows(ProgressColumn):
         return Text(f"{int(task.completed):,}/{total} rows")
 
 
+def _rate(task: Task) -> float | None:
+    """Rows/s computed by this run since the bar started (rows finished by an earlier run excluded).
+
+    Not rich's `task.speed`: that needs two samples and is wiped whenever the total changes (an
+    estimated row count corrected), which left the bar at "- rows/s" and no ETA.
+    """
+    rows = task.completed - task.fields.get("resumed", 0)
+    elapsed = task.elapsed
+    return rows / elapsed if elapsed and rows > 0 else None
+
+
 class _Rate(ProgressColumn):
     def render(self, task: Task) -> Text:
-        return Text(f"{task.speed:,.0f} rows/s" if task.speed else "- rows/s")
+        rate = _rate(task)
+        return Text(f"{rate:,.0f} rows/s" if rate else "- rows/s")
+
+
+class _Eta(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        rate = _rate(task)
+        if task.finished:
+            left: float | None = 0.0
+        elif task.total is None or not rate:
+            left = None
+        else:
+            left = max(0.0, task.total - task.completed) / rate
+        if left is None:
+            return Text("eta -:--:--")
+        minutes, seconds = divmod(int(left), 60)
+        return Text(f"eta {minutes // 60:d}:{minutes % 60:02d}:{seconds:02d}")
 
 
 class PredictDisplay:
-    """A PredictObserver drawing a rich progress bar: rows, rows/s, elapsed and ETA."""
+    """A PredictObserver drawing a rich progress bar: rows, rows/s, elapsed and ETA.
 
-    def __init__(self, console: Console | None = None, description: str = "predict") -> None:
+    `clock`: monotonic seconds (default: rich's, time.monotonic); tests pass their own.
+    """
+
+    def __init__(
+        self,
+        console: Console | None = None,
+        description: str = "predict",
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.console = console or Console()
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -55,16 +90,17 @@ class PredictDisplay:
             _Rows(),
             _Rate(),
             TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
+            _Eta(),
             console=self.console,
-            speed_estimate_period=10.0,
+            get_time=clock,
         )
         self.description = description
         self.task: Any = None
 
     def start(self, total: int | None, done: int) -> None:
-        self.task = self.progress.add_task(self.description, total=total or None, completed=done)
+        self.task = self.progress.add_task(
+            self.description, total=total or None, completed=done, resumed=done
+        )
         self.progress.start()
 
     def advance(self, rows: int) -> None:

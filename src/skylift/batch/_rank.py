@@ -55,6 +55,10 @@ class RankResult:
     """Chunks finished by an earlier, interrupted run and not computed again."""
     predict_seconds: float = 0.0
     """From the first claim to the last result recorded (writer only): no start-up, no writing."""
+    own_rows: int = 0
+    """Rows this rank predicted itself (its share of the work)."""
+    threads: int = 0
+    """torch threads this rank ran on (set by the worker process; 0 when not recorded)."""
     output: str | None = None
     error: str | None = None
     error_type: str | None = None
@@ -137,7 +141,7 @@ class _Rank:
             display.start(total or None, sum(_part_rows(work.part(k)) for k in range(n) if done_N[k]))
         tick = time.perf_counter()
         try:
-            computed = self._predict(predictor, source, blocks, work if is_writer else None, display)
+            computed, own = self._predict(predictor, source, blocks, work if is_writer else None, display)
         except SkyliftError as exc:
             self._fail(exc)
             if is_writer:
@@ -149,7 +153,7 @@ class _Rank:
             outcome = board.get("outcome")  # every node ends the way the writer does
             if outcome != b"ok":
                 _raise(outcome)
-            return RankResult(writer=False)
+            return RankResult(writer=False, own_rows=own)
         predicting = time.perf_counter() - tick
         if display is not None:
             display.finish()
@@ -168,6 +172,7 @@ class _Rank:
             chunks=n,
             resumed_chunks=n - len(pending),
             predict_seconds=predicting,
+            own_rows=own,
             output=job.output,
         )
 
@@ -229,10 +234,13 @@ class _Rank:
         blocks: list[list[int]],
         work: WorkDir | None,
         display: PredictObserver | None,
-    ) -> int:
-        """Predict claimed chunks; the writer (`work` given) records everyone's results. Rows computed."""
+    ) -> tuple[int, int]:
+        """Predict claimed chunks; the writer (`work` given) records everyone's results.
+
+        Returns (rows recorded: all ranks' on the writer, else 0; rows this rank predicted).
+        """
         board, job = self.board, self.job
-        computed = received = 0
+        computed = received = own = 0
 
         def record(k: int, rows: int, data: bytes) -> None:
             nonlocal computed
@@ -260,6 +268,7 @@ class _Rank:
         computed_chunks = [0]
         for k in self._claims(blocks):
             rows, data = predictor.chunk(source.read(k, job.batch_rows))
+            own += rows
             if work is None:
                 i = board.add("ready", 1) - 1
                 board.set(f"ready/{i}", _HEAD.pack(k, rows) + data)
@@ -271,7 +280,7 @@ class _Rank:
             _raise(board.get("error"))
         if work is not None:
             drain(wait=True)
-        return computed
+        return computed, own
 
     def _fail(self, exc: SkyliftError) -> None:
         """Tell every rank: a flag for those claiming, a posted result for the writer."""

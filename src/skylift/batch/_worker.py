@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from typing import TYPE_CHECKING, Any
@@ -46,7 +47,7 @@ def work(
     # One agent reuses its store across restarts: key each attempt apart so no stale key is read.
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     board = StoreBoard(PrefixStore(f"skylift-predict/attempt-{attempt}", store), rank, world, timeout)
-    return run_rank(
+    result = run_rank(
         job,
         board,
         node_rank=node_rank,
@@ -56,3 +57,4 @@ def work(
         arrow_threads=threads > 1,
         model=model,
     )
+    return dataclasses.replace(result, threads=torch.get_num_threads())  # reported in PredictResult.threads

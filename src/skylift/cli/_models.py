@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,7 +65,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     k = sub.add_parser("keys", parents=[common], help="master keys for encryption at rest")
     ks = k.add_subparsers(dest="keys_command", metavar="ACTION", parser_class=type(k), required=True)
     p = ks.add_parser("create", parents=[common], help="a new API key for `skylift serve` (printed once)")
-    p.add_argument("--name", required=True, help="who or what uses the key (shown in audit logs)")
+    p.add_argument(
+        "--name", help="who or what uses the key, shown in audit logs (default: key-<8 hex>, printed)"
+    )
     p.add_argument("--scope", default="predict", help="comma list of predict, metrics, admin")
     p.add_argument("--expires", help="lifetime, e.g. 30d, 12h (default: never)")
     p.add_argument("--rate-limit", type=float, help="requests/s for this key (default: the server's)")
@@ -129,6 +132,14 @@ def _architecture(model: dict[str, Any]) -> str:
     return f"{len(model.get('layers') or [])} declarative layers"
 
 
+def _integrity(info: dict[str, Any]) -> str:
+    if info.get("authenticated"):
+        return "every file's SHA-256 verified; manifest authenticated with the master key"
+    if info.get("encrypted"):
+        return "every file's SHA-256 verified; not authenticated (needs the master key)"
+    return "every file's SHA-256 verified"
+
+
 def _show(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -146,6 +157,7 @@ def _show(args: argparse.Namespace) -> int:
         ),
         ("classes", ", ".join(str(c) for c in sig["classes"])),
         ("encrypted", "yes (AES-256-GCM)" if info.get("encrypted") else "no"),
+        ("integrity", _integrity(info)),
         ("size", f"{info['size_bytes']:,} bytes"),
         ("path", info["path"]),
     ]
@@ -192,16 +204,23 @@ def _delete(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    registry = _registry(args)
-    name, version = registry.resolve(args.ref)
-    problems = registry.verify(f"{name}:{version}")
+    result = _registry(args).check(args.ref)
     console = _console()
-    if not problems:
-        console.print(f"OK {name}:{version}", highlight=False)
+    if result.ok and result.encrypted and not result.authenticated:
+        console.print(
+            f"hashes OK {result.ref}; not authenticated: checking the encrypted weights' tag and the "
+            "manifest's MAC needs the master key (--key-file or SKYLIFT_MASTER_KEY)",
+            highlight=False,
+            soft_wrap=True,
+        )
         return 0
-    console.print(f"{name}:{version}: {len(problems)} problem{'s' * (len(problems) > 1)}", highlight=False)
-    for line in problems:
-        console.print(f"  {line}", highlight=False, markup=False)
+    if result.ok:
+        console.print(f"OK {result.ref}", highlight=False)
+        return 0
+    n = len(result.problems)
+    console.print(f"{result.ref}: {n} problem{'s' * (n > 1)}", highlight=False)
+    for line in result.problems:
+        console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
     return 1
 
 
@@ -272,7 +291,8 @@ def _key_create(args: argparse.Namespace) -> int:
     scopes = parse_scopes(args.scope)
     expires = parse_duration(args.expires) if args.expires else None
     store = _keystore(args)
-    key, info = store.create(args.name, scopes, expires, args.rate_limit)
+    name = args.name if args.name is not None else f"key-{secrets.token_hex(4)}"
+    key, info = store.create(name, scopes, expires, args.rate_limit)
     print(key)  # stdout holds the key alone, so `KEY=$(skylift keys create ...)` works
     import sys
 

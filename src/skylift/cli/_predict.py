@@ -116,9 +116,12 @@ def _predict(args: argparse.Namespace) -> int:
     console = Console(highlight=False)
     for note in result.notes:
         console.print(f"note: {note}", markup=False, soft_wrap=True)
+    here = f"node {args.node_rank} computed {result.node_rows:,} rows"
     if result.output is None:
-        console.print("done (node 0 writes the output)")
+        console.print(f"done: {here} (node 0 writes the output)")
         return 0
+    if result.nnodes > 1:
+        console.print(here)
     resumed = (
         f"; resumed: {result.resumed_chunks} of {result.chunks} chunks were already done"
         if result.resumed_chunks

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from skylift.registry._ref import ModelRef, parse_ref
-from skylift.registry._store import LoadedModel, ModelEntry, ModelVersion, Registry
+from skylift.registry._store import LoadedModel, ModelEntry, ModelVersion, Registry, Verification
 from skylift.registry._summary import run_metadata
 from skylift.security import MasterKey
 
@@ -20,6 +20,7 @@ __all__ = [
     "ModelRef",
     "ModelVersion",
     "Registry",
+    "Verification",
     "load_model",
     "parse_ref",
     "run_metadata",

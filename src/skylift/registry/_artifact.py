@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -137,20 +138,26 @@ def build_files(
     return {**blobs, _manifest.MANIFEST: _json_bytes(manifest)}
 
 
-def read_info(folder: Path, where: str) -> dict[str, Any]:
-    """model.json of a version folder (not verified; `show` and `list` use it)."""
+PLAIN_WITH_KEY = (
+    "not encrypted although a master key is set (a plain version could have been swapped in for an "
+    "encrypted one): re-register it with the key, or use it without the key"
+)
+
+
+def _parse_info(data: bytes) -> tuple[dict[str, Any] | None, list[str]]:
     try:
-        info = json.loads((folder / MODEL_JSON).read_bytes())
-    except FileNotFoundError:
-        raise IntegrityError(f"{where}: {MODEL_JSON} is missing") from None
-    except (OSError, ValueError):
-        raise IntegrityError(f"{where}: {MODEL_JSON} is not readable JSON") from None
+        info = json.loads(data)
+    except ValueError:
+        return None, [f"{MODEL_JSON}: not readable JSON"]
     if not isinstance(info, dict):
-        raise IntegrityError(f"{where}: {MODEL_JSON} is not a JSON object")
-    return info
+        return None, [f"{MODEL_JSON}: not a JSON object"]
+    return info, []
 
 
-def _raise_problems(where: str, found: list[str]) -> None:
+def raise_problems(where: str, found: list[str]) -> None:
+    """IntegrityError with the first problem (and how many more), unless `found` is empty."""
+    if found == [PLAIN_WITH_KEY]:
+        raise IntegrityError(f"{where} is {PLAIN_WITH_KEY}")
     if found:
         more = f" (and {len(found) - 1} more problem{'s' * (len(found) > 2)})" if len(found) > 1 else ""
         raise IntegrityError(f"{where}: {found[0]}{more}; run `skylift models verify {where}`")
@@ -206,45 +213,85 @@ def check_key(info: Mapping[str, Any], key: MasterKey | None, where: str) -> Mas
     return key
 
 
-def read_verified(
-    folder: Path, name: str, version: int, key: MasterKey | None
-) -> tuple[dict[str, Any], bytes]:
-    """(model.json, plain safetensors bytes) after checking every file against the manifest.
+@dataclass(frozen=True)
+class Inspection:
+    """What `inspect` found in a version folder, before any decryption."""
+
+    manifest: dict[str, Any]
+    info: dict[str, Any]
+    """model.json (empty when it could not be read)."""
+    problems: list[str]
+    """One line per problem, each naming its file; empty when every check passed."""
+    authenticated: bool
+    """The manifest's MAC was checked: an encrypted version, inspected with its key."""
+
+
+def inspect(
+    folder: Path, name: str, version: int, key: MasterKey | None, blobs: Mapping[str, bytes] | None = None
+) -> Inspection:
+    """Check a version folder against its manifest, model.json against the folder, and the key.
+
+    With `key`, a plain version is a problem (it could have been swapped in for an encrypted one)
+    and an encrypted version's manifest MAC is checked; without it an encrypted version is checked
+    by hash only (`authenticated` False). `blobs` holds files already read: those bytes are the
+    ones checked. AuthError when the version is encrypted under another key.
+    """
+    try:
+        manifest = _manifest.read(folder)
+    except IntegrityError as exc:
+        return Inspection({}, {}, [str(exc)], False)
+    found = _manifest.problems(folder, manifest, blobs)
+    if found:
+        return Inspection(manifest, {}, found, False)
+    if MODEL_JSON not in manifest["files"]:
+        return Inspection(manifest, {}, [f"{MODEL_JSON}: not in the manifest"], False)
+    try:
+        data = blobs[MODEL_JSON] if blobs and MODEL_JSON in blobs else (folder / MODEL_JSON).read_bytes()
+    except OSError as exc:
+        return Inspection(manifest, {}, [f"{MODEL_JSON}: cannot read it ({exc.strerror})"], False)
+    info, found = _parse_info(data)
+    if info is None:
+        return Inspection(manifest, {}, found, False)
+    found = check_identity(info, name, version)
+    weights = WEIGHTS_ENC if info.get("encrypted") else WEIGHTS
+    if not found and weights not in manifest["files"]:
+        found = [f"{weights}: not in the manifest"]
+    if found:
+        return Inspection(manifest, info, found, False)
+    if not info.get("encrypted"):
+        return Inspection(manifest, info, [PLAIN_WITH_KEY] if key is not None else [], False)
+    if key is None:
+        return Inspection(manifest, info, [], False)
+    key = check_key(info, key, f"{name}:{version}")
+    return Inspection(manifest, info, check_mac(manifest, name, version, key), True)
+
+
+def read_verified(folder: Path, name: str, version: int, key: MasterKey | None) -> tuple[Inspection, bytes]:
+    """(the inspection, plain safetensors bytes) after checking every file against the manifest.
 
     Each file is read once: the bytes hashed are the bytes used, so nothing can change in between.
     """
     where = f"{name}:{version}"
     try:
-        manifest = _manifest.read(folder)
+        listed = _manifest.read(folder)["files"]
     except IntegrityError as exc:
-        raise IntegrityError(f"{where}: {exc}") from None
-    blobs: dict[str, bytes] = {}
-    for file in manifest["files"]:
-        if (folder / file).is_file():
-            blobs[file] = (folder / file).read_bytes()
-    _raise_problems(where, _manifest.problems(folder, manifest, blobs))
-    if MODEL_JSON not in blobs:
-        raise IntegrityError(f"{where}: {MODEL_JSON} is not in the manifest")
-    try:
-        info = json.loads(blobs[MODEL_JSON])
-    except ValueError:
-        raise IntegrityError(f"{where}: {MODEL_JSON} is not readable JSON") from None
-    if not isinstance(info, dict):
-        raise IntegrityError(f"{where}: {MODEL_JSON} is not a JSON object")
-    _raise_problems(where, check_identity(info, name, version))
-    encrypted = bool(info.get("encrypted"))
+        raise_problems(where, [str(exc)])
+        raise
+    blobs = {file: (folder / file).read_bytes() for file in listed if (folder / file).is_file()}
+    found = inspect(folder, name, version, key, blobs)
+    raise_problems(where, found.problems)
+    encrypted = bool(found.info.get("encrypted"))
     file = WEIGHTS_ENC if encrypted else WEIGHTS
     if file not in blobs:
         raise IntegrityError(f"{where}: {file} is not in the manifest")
     weights = blobs[file]
     if encrypted:
-        key = check_key(info, key, where)
-        _raise_problems(where, check_mac(manifest, name, version, key))
+        key = check_key(found.info, key, where)
         try:
             weights = _open(key, weights, name, version)
         except IntegrityError as exc:
             raise IntegrityError(f"{where}: {exc}") from None
-    return info, weights
+    return found, weights
 
 
 def build_module(info: Mapping[str, Any], weights: bytes, where: str) -> nn.Module:

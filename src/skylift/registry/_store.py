@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from skylift import _atomic
 from skylift._atomic import _fsync_dir  # the rename of a whole version folder needs it too
 from skylift.errors import IntegrityError, ModelNotFound, SpecError
-from skylift.registry import _artifact, _manifest
+from skylift.registry import _artifact
 from skylift.registry._ref import ModelRef, check_alias, check_name, check_version, parse_ref
 from skylift.security import MasterKey
 
@@ -71,6 +71,8 @@ class LoadedModel:
     info: dict[str, Any]
     name: str
     version: int
+    files: dict[str, Any] = field(default_factory=dict)
+    """The verified manifest's entries: file name -> {sha256, size}."""
 
     @property
     def ref(self) -> str:
@@ -85,6 +87,23 @@ class LoadedModel:
         return tuple(self.info["signature"]["inputs"][0]["shape"][1:])
 
 
+@dataclass(frozen=True)
+class Verification:
+    """What `Registry.check` found for one version."""
+
+    ref: str
+    problems: tuple[str, ...]
+    """One line per problem, each naming its file; empty when all is well."""
+    encrypted: bool
+    authenticated: bool
+    """The manifest's MAC and the weights' GCM tag were checked too (an encrypted version, with its
+    key). An encrypted version checked without its key passes on hashes alone: `authenticated` False."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
 def _as_key(master_key: bytes | MasterKey | None) -> MasterKey | None:
     if master_key is None or isinstance(master_key, MasterKey):
         return master_key
@@ -97,9 +116,10 @@ class Registry:
     Contract: a version folder appears whole (built in a hidden temp folder, then renamed) and is
     never changed afterwards; a version number is never reused, even after a delete. Writers of one
     name (register's number claim, promote, delete) serialise on an flock of `<name>/.lock`, so
-    concurrent processes are safe; readers take no lock. Every read of a model (`load`, `export`)
-    verifies MANIFEST.json first. With `master_key`, new versions store their weights AES-256-GCM
-    encrypted; loading an encrypted version needs the same key.
+    concurrent processes are safe; readers take no lock. Every read of a version (`load`, `info`,
+    `export`) verifies MANIFEST.json first. With `master_key`, new versions store their weights
+    AES-256-GCM encrypted; loading an encrypted version needs the same key, and a plain version is
+    refused (it could have been swapped in for an encrypted one).
     """
 
     def __init__(self, home: Path | str, master_key: bytes | MasterKey | None = None) -> None:
@@ -274,52 +294,59 @@ class Registry:
         return r.name, versions[-1]
 
     def info(self, ref: str | ModelRef) -> dict[str, Any]:
-        """model.json plus `ref`, `aliases`, `path`, per-file size + SHA-256 and total `size_bytes`."""
+        """model.json plus `ref`, `aliases`, `path`, per-file size + SHA-256, total `size_bytes` and
+        `authenticated` (see `Verification`), after checking every file against the manifest.
+
+        Raises IntegrityError naming the first bad file (the same checks as `check`, without
+        test-decrypting the weights).
+        """
         name, version = self.resolve(ref)
+        where = f"{name}:{version}"
         folder = self.root / name / str(version)
-        info = _artifact.read_info(folder, f"{name}:{version}")
-        manifest = _manifest.read(folder)
-        info["ref"] = f"{name}:{version}"
+        found = _artifact.inspect(folder, name, version, self._key)
+        _artifact.raise_problems(where, found.problems)
+        manifest = found.manifest
+        info = dict(found.info)
+        info["ref"] = where
         info["aliases"] = sorted(a for a, v in self._aliases(name).items() if v == version)
         info["path"] = str(folder)
         info["files"] = {f: dict(e) for f, e in manifest["files"].items()}
         info["size_bytes"] = sum(int(e["size"]) for e in manifest["files"].values())
+        info["authenticated"] = found.authenticated
         return info
 
-    def verify(self, ref: str | ModelRef) -> builtins.list[str]:
-        """Every problem with a version's files (empty when all is well): re-hashes each file.
+    def check(self, ref: str | ModelRef) -> Verification:
+        """Re-hash every file of a version against its manifest and report every problem.
 
-        With the master key, an encrypted version is also authenticated and test-decrypted.
+        With the master key, an encrypted version is also authenticated (manifest MAC) and
+        test-decrypted, and a plain version is a problem: it could have been swapped in for an
+        encrypted one. Without the key an encrypted version is checked by hash only.
         """
         name, version = self.resolve(ref)
         folder = self.root / name / str(version)
-        try:
-            manifest = _manifest.read(folder)
-        except IntegrityError as exc:
-            return [str(exc)]
-        found = _manifest.problems(folder, manifest)
-        if found:
-            return found
-        where = f"{name}:{version}"
-        try:
-            info = _artifact.read_info(folder, where)
-        except IntegrityError as exc:
-            return [str(exc).removeprefix(f"{where}: ")]
-        found = _artifact.check_identity(info, name, version)
-        if not found and info.get("encrypted") and self._key is not None:
-            key = _artifact.check_key(info, self._key, where)
-            found = _artifact.check_mac(manifest, name, version, key) or _artifact.check_decrypts(
-                folder, name, version, key
-            )
-        return found
+        found = _artifact.inspect(folder, name, version, self._key)
+        problems = found.problems
+        if not problems and found.authenticated and self._key is not None:
+            problems = _artifact.check_decrypts(folder, name, version, self._key)
+        encrypted = bool(found.info.get("encrypted"))
+        return Verification(f"{name}:{version}", tuple(problems), encrypted, found.authenticated)
+
+    def verify(self, ref: str | ModelRef) -> builtins.list[str]:
+        """`check(ref).problems` as a list: empty when all is well."""
+        return list(self.check(ref).problems)
 
     def load(self, ref: str | ModelRef) -> LoadedModel:
-        """The verified model, rebuilt from model.json and its weights; IntegrityError names a bad file."""
+        """The verified model, rebuilt from model.json and its weights; IntegrityError names a bad file.
+
+        With the master key, a plain version is refused: it could have been swapped in for an
+        encrypted one.
+        """
         name, version = self.resolve(ref)
         folder = self.root / name / str(version)
-        info, weights = _artifact.read_verified(folder, name, version, self._key)
-        module = _artifact.build_module(info, weights, f"{name}:{version}")
-        return LoadedModel(module, info, name, version)
+        found, weights = _artifact.read_verified(folder, name, version, self._key)
+        module = _artifact.build_module(found.info, weights, f"{name}:{version}")
+        files = {f: dict(e) for f, e in found.manifest["files"].items()}
+        return LoadedModel(module, found.info, name, version, files)
 
     def export(self, ref: str | ModelRef, fmt: str, output: Path | str) -> Path:
         """Write the verified model as `fmt` "onnx" (dynamic batch) or "torchscript" to `output`, atomically.

@@ -83,7 +83,7 @@ def _write(tmp_path: Path, fmt: str, classes: list[str], outputs: Outputs, name:
         (fmt, outputs)
         for fmt in ("npz", "npy", "csv", "parquet", "jsonl")
         for outputs in (Outputs(), Outputs(proba=True), Outputs(top_k=2))
-        if not (fmt == "npy" and outputs.top_k)  # refused before any work
+        if not (fmt == "npy" and (outputs.top_k or outputs.proba))  # refused before any work
     ],
 )
 def test_every_format_is_deterministic(tmp_path: Path, fmt: str, outputs: Outputs) -> None:
@@ -124,5 +124,6 @@ def test_numpy_outputs(tmp_path: Path) -> None:
     assert z["class"].tolist() == ["eel", "cat", "dog"] and z["classes"].tolist() == NAMES
     assert z["top_k_class"].tolist() == [["eel", "dog"], ["cat", "dog"], ["dog", "cat"]]
     assert np.load(_write(tmp_path, "npy", ["0", "1", "2"], Outputs())).tolist() == [2, 0, 1]
-    proba = np.load(_write(tmp_path, "npy", NAMES, Outputs(proba=True)))
-    assert proba.dtype == np.float32 and proba.shape == (3, 3)
+    for outputs in (Outputs(proba=True), Outputs(top_k=2)):  # the class would be lost: refused
+        with pytest.raises(ValueError, match=r"an \.npy output holds the class alone"):
+            _write(tmp_path, "npy", NAMES, outputs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -199,12 +200,23 @@ def test_encrypted_model_needs_its_key(home: Path, tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), reference(module, x)[0])
 
 
-def test_progress_display_shows_rows_and_rate() -> None:
+def test_progress_display_shows_rows_rate_and_eta() -> None:
+    now = [100.0]
     buffer = io.StringIO()
-    display = PredictDisplay(Console(file=buffer, width=120, force_terminal=False))
-    display.start(None, 0)
-    display.advance(5000)
+    display = PredictDisplay(Console(file=buffer, width=120, force_terminal=False), clock=lambda: now[0])
+    display.start(10_000, 2_000)  # an estimated total; 2,000 rows finished by an earlier run
+    now[0] += 1.5
+    display.advance(3_000)  # 3,000 rows in 1.5 s: 2,000 rows/s, 5,000 left: 2.5 s
+    mid = io.StringIO()
+    Console(file=mid, width=120, force_terminal=False).print(display.progress.get_renderable())
+    assert re.search(r"5,000/10,000 rows 2,000 rows/s 0:00:01 eta 0:00:02\s*$", mid.getvalue()), (
+        mid.getvalue()
+    )
+    now[0] += 0.5
+    display.advance(1_000)  # the estimate was high: 6,000 rows in all, 4,000 of them in 2 s
     display.finish()
     display.close()
     display.close()
-    assert "5,000/5,000 rows" in buffer.getvalue()
+    assert re.search(r"6,000/6,000 rows 2,000 rows/s 0:00:02 eta 0:00:00\s*$", buffer.getvalue()), (
+        buffer.getvalue()
+    )

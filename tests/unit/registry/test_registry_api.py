@@ -23,6 +23,7 @@ def test_public_names_are_pinned() -> None:
         "ModelRef",
         "ModelVersion",
         "Registry",
+        "Verification",
         "load_model",
         "parse_ref",
         "run_metadata",

@@ -5,16 +5,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from skylift.errors import AuthError, IntegrityError
-from skylift.registry import Registry, load_model
+from skylift.registry import Registry, Verification, load_model
 from skylift.registry import _manifest as manifest_mod
+from skylift.registry._artifact import PLAIN_WITH_KEY
 from skylift.security import MasterKey
-from tests.unit.registry.conftest import make_tiny
+from tests.unit.registry.conftest import make_tiny, snapshot
 
 
 def _rewrite_manifest(folder: Path, key: MasterKey | None = None) -> None:
@@ -66,7 +68,7 @@ def test_loading_without_the_key_is_an_auth_error(sealed: Registry, tmp_path: Pa
     plain = Registry(tmp_path / "home")
     with pytest.raises(AuthError, match="tiny:1 is encrypted: set SKYLIFT_MASTER_KEY or pass --key-file"):
         plain.load("tiny")
-    assert plain.verify("tiny") == []  # hashes are checked without the key
+    assert plain.verify("tiny") == []  # hashes are checked without the key (but not authenticated)
     assert plain.info("tiny")["encrypted"] is True
 
 
@@ -123,12 +125,63 @@ def test_encrypted_file_copied_to_another_version_fails_to_decrypt(sealed: Regis
     assert torch.equal(sealed.load("tiny:1").module.state_dict()["dense_0.weight"], a.state["dense_0.weight"])
 
 
-def test_plain_and_encrypted_versions_coexist(registry: Registry, sealed: Registry) -> None:
+def test_with_a_master_key_a_plain_version_is_refused(registry: Registry, sealed: Registry) -> None:
     tiny = make_tiny()
-    registry.register("tiny", tiny.state, tiny.meta)
+    registry.register("tiny", tiny.state, tiny.meta)  # registered before the key was set
     sealed.register("tiny", tiny.state, tiny.meta)
-    assert sealed.load("tiny:1").info["encrypted"] is False
+    before = snapshot(sealed.root)
+    message = r"^tiny:1 is not encrypted although a master key is set \(a plain version could have been "
+    with pytest.raises(IntegrityError, match=message + r".*re-register it with the key, or use it without"):
+        sealed.load("tiny:1")
+    with pytest.raises(IntegrityError, match=message):
+        sealed.info("tiny:1")
+    assert sealed.verify("tiny:1") == [PLAIN_WITH_KEY]
+    assert registry.load("tiny:1").info["encrypted"] is False  # without the key it is a plain model
     assert sealed.load("tiny:2").info["encrypted"] is True
+    assert snapshot(sealed.root) == before
+
+
+def test_a_plain_version_swapped_in_for_an_encrypted_one_is_refused(
+    sealed: Registry, key: MasterKey, tmp_path: Path
+) -> None:
+    """The downgrade: a complete, self-consistent plain folder (own model.json and manifest) put in
+    place of an encrypted version. Its hashes all match, so only the master key can tell."""
+    good, evil = make_tiny(0), make_tiny(1)
+    v = sealed.register("tiny", good.state, good.meta)
+    forged = Registry(tmp_path / "attacker").register("tiny", evil.state, evil.meta)
+    shutil.rmtree(v.path)
+    shutil.copytree(forged.path, v.path)
+    assert Registry(sealed.root.parent).verify("tiny:1") == []  # consistent: no key, no way to tell
+    before = snapshot(sealed.root)
+    with pytest.raises(IntegrityError, match=r"^tiny:1 is not encrypted although a master key is set"):
+        sealed.load("tiny:1")
+    with pytest.raises(IntegrityError, match=r"^tiny:1 is not encrypted although a master key is set"):
+        sealed.export("tiny:1", "onnx", tmp_path / "out.onnx")
+    result = sealed.check("tiny:1")
+    assert result.problems == (PLAIN_WITH_KEY,) and not result.ok and not result.authenticated
+    with pytest.raises(IntegrityError, match="not encrypted although a master key is set"):
+        load_model("tiny:1", home=sealed.root.parent, master_key=key)
+    assert snapshot(sealed.root) == before and not (tmp_path / "out.onnx").exists()
+
+
+def test_without_the_key_an_encrypted_version_is_checked_by_hash_only(
+    sealed: Registry, key: MasterKey, tmp_path: Path
+) -> None:
+    tiny = make_tiny()
+    v = sealed.register("tiny", tiny.state, tiny.meta)
+    plain = Registry(tmp_path / "home")
+    assert sealed.check("tiny") == Verification("tiny:1", (), encrypted=True, authenticated=True)
+    assert plain.check("tiny") == Verification("tiny:1", (), encrypted=True, authenticated=False)
+    assert plain.info("tiny")["authenticated"] is False and sealed.info("tiny")["authenticated"] is True
+    # A forger without the key rewrites model.json and the manifest: hashes match again, the MAC does not.
+    info = json.loads((v.path / "model.json").read_text())
+    info["metrics"] = {"val_accuracy": 0.999}
+    (v.path / "model.json").write_text(json.dumps(info))
+    _rewrite_manifest(v.path)
+    assert plain.check("tiny").ok and not plain.check("tiny").authenticated
+    with pytest.raises(IntegrityError, match=r"^tiny:1: MANIFEST\.json: authentication failed"):
+        sealed.info("tiny")
+    assert not sealed.check("tiny").ok
 
 
 def test_load_model_takes_the_key_from_the_environment(

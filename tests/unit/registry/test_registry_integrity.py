@@ -93,6 +93,9 @@ def test_edited_version_is_refused_naming_the_file(reg: Registry, edit: str) -> 
     assert message.startswith("tiny:1: ") and bad in message and "\n" not in message
     with pytest.raises(IntegrityError):
         reg.export("tiny:1", "onnx", v.path.parent / "out.onnx")
+    with pytest.raises(IntegrityError) as err:
+        reg.info("tiny:1")  # `models show` checks what it shows
+    assert str(err.value).startswith("tiny:1: ") and bad in str(err.value) and "\n" not in str(err.value)
     problems = reg.verify("tiny:1")
     assert problems and all(bad in p for p in problems[:1]), problems
     assert snapshot(reg.root) == before  # a failed load or verify repairs or removes nothing
