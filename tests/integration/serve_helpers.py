@@ -104,11 +104,15 @@ def running(
     timeout: float = 120,
     key: str | None = None,
     tls: ssl.SSLContext | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Server]:
-    """`skylift serve ARGS --port 0` in its own session; yields once /v2/health/ready answers 200."""
+    """`skylift serve ARGS --port 0` in its own session; yields once /v2/health/ready answers 200.
+
+    `env`: extra environment variables for the server.
+    """
     log = home / f"serve-{time.monotonic_ns()}.log"
     out = log.open("w")
-    env = {**os.environ, "SKYLIFT_HOME": str(home)}
+    env = {**os.environ, "SKYLIFT_HOME": str(home), **(env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "skylift", "serve", *args, "--port", "0"],
         env=env,

@@ -97,3 +97,29 @@ def test_bad_input_is_one_line_and_an_exit_code(capsys: pytest.CaptureFixture[st
         )
         assert code == 1 and "errors by status" in out and "500" in out
         assert err.splitlines()[-1] == "error: no request succeeded (see the errors by status)"
+
+
+def test_bench_against_a_real_skylift_serve(tmp_path: Path) -> None:
+    from skylift.security.apikeys import KeyStore
+    from skylift.spec import load_spec
+    from skylift.train import fit
+    from tests.conftest import EXAMPLE
+    from tests.integration.serve_helpers import running
+
+    home = tmp_path / "home"
+    fit(load_spec(EXAMPLE, ["train.epochs=1"]), home=home)
+    key, _ = KeyStore(home / "keys.json").create("bench", ("predict",))
+    # --rate-limit 0: the default 100/s per key would answer the load test with 429s.
+    with running(home, "mnist-mlp", "--replicas", "1", "--rate-limit", "0", key=key) as srv:
+        url = f"http://{srv.host}:{srv.port}"
+        for protocol in ("v2-json", "v2-binary", "v1"):
+            done = skylift(
+                "bench", "serve", url, "--model", "mnist-mlp", "--protocol", protocol, "--rows", "2",
+                "-c", "4", "-p", "1", "-d", "0.5", "--warmup", "0.1", "--json", "-",
+                env={"SKYLIFT_API_KEY": key},
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            report = json.loads(done.stdout)
+            assert report["requests"] > 0 and report["ok"] == report["requests"], report
+            assert report["errors"] == {} and report["rows_per_s"] > 0
+        assert key.split("_")[2] not in srv.log.read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import struct
 import threading
 import time
@@ -72,8 +73,10 @@ def test_health_metadata_and_openapi(server: Server) -> None:
         "/v1/models/{model}:predict",
         "/metrics",
         "/v2/repository/index",
+        "/v1/models/{model}/versions/{version}",
     ):
         assert route in paths
+    assert server.request("GET", f"/v1/models/{M}/versions/1")[0] == 200
 
 
 def test_v2_json_infer_matches_the_model(served_home: Path, server: Server) -> None:
@@ -287,6 +290,70 @@ BAD_REQUESTS = [
     ),
     ("v1 ragged", "POST", f"/v1/models/{M}:predict", b'{"instances": [[1, 2], [3]]}', {}, 400, "same length"),
     ("v1 unknown verb", "POST", f"/v1/models/{M}:classify", b"{}", {}, 404, ":classify"),
+    (
+        "datatype as a list",
+        "POST",
+        f"/v2/models/{M}/infer",
+        _json([{**GOOD, "datatype": ["FP32"]}]),
+        {},
+        400,
+        "datatype ['FP32']",
+    ),
+    (
+        "datatype as an object",
+        "POST",
+        f"/v2/models/{M}/infer",
+        _json([{**GOOD, "datatype": {}}]),
+        {},
+        400,
+        "datatype {}",
+    ),
+    (
+        "data as an object",
+        "POST",
+        f"/v2/models/{M}/infer",
+        _json([{**GOOD, "data": {}}]),
+        {},
+        400,
+        "data must be a list",
+    ),
+    (
+        "binary size as text",
+        "POST",
+        f"/v2/models/{M}/infer",
+        BINARY_HEAD.replace(b"3136", b'"3136"') + b"\0" * 3136,
+        {"Inference-Header-Content-Length": str(len(BINARY_HEAD) + 2)},
+        400,
+        "binary_data_size",
+    ),
+    (
+        "admin load of a malformed version",
+        "POST",
+        f"/v2/repository/models/{M}/load",
+        b'{"parameters": {"reference": "mnist-mlp:abc"}}',
+        {},
+        400,
+        "version must be a positive integer",
+    ),
+    (
+        "admin load of an empty alias",
+        "POST",
+        f"/v2/repository/models/{M}/load",
+        b'{"parameters": {"reference": "mnist-mlp@"}}',
+        {},
+        400,
+        "empty alias",
+    ),
+    (
+        "admin load of an unknown version",
+        "POST",
+        f"/v2/repository/models/{M}/load",
+        b'{"parameters": {"reference": "mnist-mlp:99"}}',
+        {},
+        404,
+        "99",
+    ),
+    ("admin unload of an unknown model", "POST", "/v2/repository/models/nope/unload", b"", {}, 404, "nope"),
 ]
 
 
@@ -334,8 +401,6 @@ def test_nan_rows_are_refused_in_binary_too(server: Server) -> None:
 
 
 def test_body_over_the_limit_is_413(server: Server) -> None:
-    import socket
-
     with socket.create_connection((server.host, server.port)) as sock:
         sock.sendall(
             f"POST /v2/models/{M}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {64 << 20}\r\n\r\n".encode()
@@ -347,44 +412,139 @@ def test_body_over_the_limit_is_413(server: Server) -> None:
     assert reply.startswith(b"HTTP/1.1 413") and b"limit" in reply
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    body=st.recursive(
-        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
-        lambda inner: (
-            st.lists(inner, max_size=4)
-            | st.dictionaries(
-                st.sampled_from(
-                    ["inputs", "name", "shape", "datatype", "data", "parameters", "outputs", "instances"]
-                ),
-                inner,
-                max_size=4,
-            )
-        ),
-        max_leaves=12,
-    )
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
 )
-def test_fuzzed_bodies_never_get_a_5xx(server: Server, body: object) -> None:
-    raw = json.dumps(body).encode()
-    for path in (f"/v2/models/{M}/infer", f"/v1/models/{M}:predict"):
-        status, _, reply = server.request("POST", path, raw)
-        assert status < 500, reply
-        assert status == 200 or "error" in json.loads(reply)
-
-
-def test_metrics_count_requests_batches_and_replicas(server: Server) -> None:
-    for _ in range(3):
-        server.infer(M, _x(1))
-    time.sleep(1.2)  # replicas publish snapshots about once a second
-    status, headers, body = server.request("GET", "/metrics")
-    text = body.decode()
-    assert status == 200 and headers["content-type"].startswith("text/plain")
-    assert 'route="v2/models/infer",status="200"' in text
-    assert "skylift_request_seconds_bucket" in text and "skylift_batch_rows_bucket" in text
-    assert (
-        'skylift_replica_rss_bytes{replica="0"}' in text and 'skylift_replica_rss_bytes{replica="1"}' in text
+# A value of each JSON type, containers included: what a client with a type bug sends.
+WRONG_TYPES = st.sampled_from([None, True, 0, -1, 1.5, "", "FP32", [], ["FP32"], [1, 784], {}, {"a": 1}])
+FIELDS = {
+    "name": st.sampled_from(["INPUT", "probabilities", ""]) | WRONG_TYPES | JSON_VALUES,
+    "shape": st.sampled_from([[784], [1, 28, 28], [2, 392], [0, 784], [1, 783], [2**40, 784], [1, -784]])
+    | st.lists(st.integers(-1, 2**31), max_size=3)
+    | WRONG_TYPES
+    | JSON_VALUES,
+    "datatype": st.sampled_from(["FP64", "FP16", "INT8", "UINT64", "BOOL", "BYTES", "fp32"])
+    | WRONG_TYPES
+    | JSON_VALUES,
+    "data": st.sampled_from(
+        [
+            [[0.5] * 784],
+            [True] * 784,
+            [1000] * 784,
+            ["0.5"] * 784,
+            [1e300] * 784,
+            [2**64 - 1] * 784,
+            [0.5] * 783,
+        ]
     )
-    assert "skylift_queue_rows" in text
+    | st.builds(lambda v: [v] + [0.5] * 783, WRONG_TYPES | JSON_VALUES)
+    | WRONG_TYPES
+    | JSON_VALUES,
+    "parameters": st.fixed_dictionaries({"binary_data_size": WRONG_TYPES | JSON_VALUES}) | WRONG_TYPES,
+    "extra": JSON_VALUES,
+}
+HEADERS = {
+    "Content-Type": st.sampled_from(
+        ["application/json", "application/octet-stream", "text/plain", "image/png", ""]
+    ),
+    "Inference-Header-Content-Length": st.sampled_from(
+        ["", "abc", "-1", "0", "1", "3200", "99999999999999999999"]
+    ),
+    "Content-Encoding": st.sampled_from(["identity", "gzip", "zstd", "br", ""]),
+    "Accept-Encoding": st.sampled_from(["gzip", "zstd", "br;q=1", "*"]),
+}
+
+
+def _mutated(data: st.DataObject, field: str) -> tuple[str, bytes, dict[str, str]]:
+    """(path, body, headers) of a valid one-row request with `field` of its tensor broken."""
+    tensor: dict[str, object] = dict(GOOD)
+    if data.draw(st.integers(0, 4), label=f"drop {field}") == 0:
+        tensor.pop(field, None)
+    else:
+        tensor[field] = data.draw(FIELDS[field], label=field)
+    request: dict[str, object] = {"inputs": [tensor]}
+    if data.draw(st.integers(0, 3), label="top-level") == 0:
+        request[data.draw(st.sampled_from(["outputs", "parameters", "id", "inputs"]))] = data.draw(
+            JSON_VALUES
+        )
+    headers: dict[str, str] = {}
+    body = json.dumps(request).encode()
+    if field != "data" and data.draw(st.integers(0, 3), label="binary") == 0:  # values as binary data
+        tensor.pop("data", None)
+        tensor.setdefault("parameters", {"binary_data_size": 3136})
+        head = json.dumps(request).encode()
+        body = head + _x(1).tobytes()[: data.draw(st.sampled_from([3136, 3135, 100, 0]))]
+        headers["Inference-Header-Content-Length"] = str(len(head))
+    if data.draw(st.integers(0, 4), label="v1") == 0:
+        return f"/v1/models/{M}:predict", json.dumps({"instances": [tensor.get("data")]}).encode(), {}
+    return f"/v2/models/{M}/infer", body, headers
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_valid_requests_never_get_a_5xx(server: Server, data: st.DataObject) -> None:
+    """Each field of a valid request broken in turn, then its headers: the decoder's checks are reached."""
+    cases = [_mutated(data, field) for field in sorted(FIELDS)]
+    headers = data.draw(st.fixed_dictionaries({}, optional=HEADERS), label="headers")
+    cases.append((f"/v2/models/{M}/infer", _json([GOOD]), headers))
+    for path, body, extra in cases:
+        status, _, reply = server.request("POST", path, body, extra)
+        assert status < 500, reply
+        assert status == 200 or "error" in json.loads(reply)  # error bodies are too small to compress
+    assert server.infer(M, _x(1))[0] == 200
+
+
+def _metric(text: str, line_start: str) -> float:
+    return float(next(line for line in text.splitlines() if line.startswith(line_start)).split()[-1])
+
+
+def test_errors_are_counted_under_the_route_they_hit(server: Server) -> None:
+    assert server.request("POST", f"/v2/models/{M}/infer", b"{", {})[0] == 400
+    assert server.request("POST", "/v2/models/nope/infer", _json([GOOD]), {})[0] == 404
+    assert server.request("GET", f"/v2/models/{M}/infer")[0] == 405
+    assert server.request("GET", "/v1/models/nope")[0] == 404
+    assert server.request("GET", "/no/such/route")[0] == 404
+    time.sleep(1.2)  # replicas publish snapshots about once a second
+    text = server.request("GET", "/metrics")[2].decode()
+    for route, status in (
+        ("v2/models/infer", 400),
+        ("v2/models/infer", 404),
+        ("v2/models/infer", 405),
+        ("v1/models/status", 404),
+        ("unmatched", 404),
+    ):
+        assert f'route="{route}",status="{status}"' in text, (route, status)
+    unmatched = [line for line in text.splitlines() if 'route="unmatched",status=' in line]
+    assert unmatched and all('status="404"' in line for line in unmatched)
+
+
+def test_a_chunked_body_over_the_limit_is_413_and_the_next_request_succeeds(server: Server) -> None:
+    chunk = b"0" * (1 << 20)
+    with socket.create_connection((server.host, server.port)) as sock:
+        sock.settimeout(30)
+        sock.sendall(
+            f"POST /v2/models/{M}/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        try:
+            for _ in range(20):  # 20 MiB, no Content-Length: the server must count as it reads
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sock.sendall(b"0\r\n\r\n")
+        except OSError:  # the server may answer and close before all of it is sent
+            pass
+        reply = b""
+        try:
+            while b"limit" not in reply and (data := sock.recv(4096)):
+                reply += data
+        except ConnectionResetError:
+            pass
+    assert reply.startswith(b"HTTP/1.1 413") and b"over the 16777216-byte limit" in reply, reply[:300]
+    assert server.infer(M, _x(1))[0] == 200
 
 
 def _hammer(server: Server, stop: threading.Event, results: Counter[object], rows: int = 1) -> None:
@@ -432,6 +592,57 @@ def test_concurrent_requests_are_batched(served_home: Path) -> None:
     assert one_row < total
 
 
+def _send_slowly(server: Server, body: bytes) -> socket.socket:
+    """Send a request's head and half its body: the server holds it as a request on its way."""
+    sock = socket.create_connection((server.host, server.port), timeout=30)
+    head = f"POST /v2/models/{M}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    sock.sendall(head.encode() + body[: len(body) // 2])
+    return sock
+
+
+def _finish(sock: socket.socket, body: bytes) -> bytes:
+    sock.sendall(body[len(body) // 2 :])
+    reply = b""
+    while b"outputs" not in reply and (data := sock.recv(65536)):
+        reply += data
+    sock.close()
+    return reply
+
+
+def test_a_batch_waits_up_to_max_delay_for_requests_on_their_way(served_home: Path) -> None:
+    args = ("--no-auth", "--replicas", "1", "--max-delay-ms", "800", "--cache", "none")
+    with running(served_home, M, *args) as s:
+        body = _json([{**GOOD, "data": _x(1).ravel().tolist()}])
+        timed: list[float] = []
+
+        def send() -> None:
+            tick = time.monotonic()
+            assert s.infer(M, _x(1, seed=1))[0] == 200
+            timed.append(time.monotonic() - tick)
+
+        # A request on its way when another arrives: the batch waits for it, and both share it.
+        slow = _send_slowly(s, body)
+        time.sleep(0.3)  # the server has the head and is reading the body
+        fast = threading.Thread(target=send)
+        fast.start()
+        time.sleep(0.3)
+        assert b"200 OK" in _finish(slow, body)
+        fast.join()
+        text = s.request("GET", "/metrics")[2].decode()
+        assert _metric(text, 'skylift_batch_rows_count{replica="0"}') == 1  # one batch ...
+        assert _metric(text, 'skylift_batch_rows_sum{replica="0"}') == 2  # ... of both rows
+        assert 0.2 < timed[0] < 1.5  # it waited for the request on its way
+        # One that stays on its way: the batch closes at --max-delay-ms without it.
+        slow = _send_slowly(s, body)
+        time.sleep(0.3)
+        send()
+        assert 0.7 < timed[1] < 3.0
+        assert b"200 OK" in _finish(slow, body)
+        text = s.request("GET", "/metrics")[2].decode()
+        assert _metric(text, 'skylift_batch_rows_count{replica="0"}') == 3
+        assert _metric(text, 'skylift_batch_rows_bucket{replica="0",le="1.0"}') == 2
+
+
 def test_full_queue_answers_503_with_retry_after(served_home: Path) -> None:
     with running(
         served_home, M, "--no-auth", "--replicas", "1", "--max-queue-rows", "64", "--cache", "none"
@@ -455,6 +666,13 @@ def test_full_queue_answers_503_with_retry_after(served_home: Path) -> None:
         _, headers, raw = next(r for r in replies if r[0] == 503)
         assert headers["retry-after"] == "1" and "queue full" in json.loads(raw)["error"]
         assert s.infer(M, _x(1))[0] == 200
+        # One request larger than the whole queue can never fit: 413 naming the limit, not 503 forever.
+        status, out = s.infer(M, _x(65))
+        assert (
+            status == 413
+            and "65 rows" in out["error"]
+            and "64 queued rows (--max-queue-rows)" in out["error"]
+        )
 
 
 def test_past_deadline_is_504(served_home: Path) -> None:
@@ -463,6 +681,9 @@ def test_past_deadline_is_504(served_home: Path) -> None:
     ) as s:
         status, out = s.infer(M, _x(500))
         assert status == 504 and "deadline" in out["error"]
+        # The rows still queued at the deadline were dropped, not computed (63 batches of <= 8 rows).
+        text = s.request("GET", "/metrics")[2].decode()
+        assert _metric(text, 'skylift_batch_rows_sum{replica="0"}') < 500
 
 
 def test_a_killed_replica_is_replaced_while_others_answer(served_home: Path) -> None:
@@ -498,6 +719,25 @@ def test_replicas_recycle_after_max_requests_without_failing_requests(served_hom
         while not set(s.replicas()) - set(first) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert set(s.replicas()) - set(first)
+
+
+def test_replicas_recycle_past_max_rss_mb_and_requests_keep_succeeding(served_home: Path) -> None:
+    # 1 MiB: every replica is over it, so each recycles about a second after it starts serving.
+    with running(served_home, M, "--no-auth", "--replicas", "1", "--max-rss-mb", "1", ready=False) as s:
+        # Sent before any replica is up: answered once the model is loaded, never "not ready".
+        status, _, body = s.request("GET", "/v2/health/ready")
+        assert status == 200 and json.loads(body) == {"ready": True}
+        statuses: Counter[int] = Counter()
+        deadline = time.monotonic() + 120
+        # More recycles than the supervisor would tolerate crashes (3 per replica in 30 s).
+        while s.log.read_text().count("recycled; starting a new one") < 4 and time.monotonic() < deadline:
+            statuses[s.infer(M, _x(1))[0]] += 1
+        log = s.log.read_text()
+        assert log.count("recycled; starting a new one") >= 4, log
+        assert set(statuses) == {200}, statuses
+        assert "past --max-rss-mb 1; recycling it" in log
+        assert "exited" not in log and "giving up" not in log
+        assert s.proc.poll() is None and s.infer(M, _x(1))[0] == 200
 
 
 def test_sigterm_drains_in_flight_requests(served_home: Path) -> None:

@@ -21,6 +21,7 @@ from skylift.spec import load_spec
 from skylift.train import fit
 from tests.conftest import EXAMPLE
 from tests.integration.serve_helpers import Server, running
+from tests.unit.serve.test_serve_compression import lying_frame
 
 M = "mnist-mlp"
 ONE_ROW = json.dumps(
@@ -28,12 +29,12 @@ ONE_ROW = json.dumps(
 )
 
 
-def _keys(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _keys(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "skylift", "keys", *args],
         capture_output=True,
         text=True,
-        env={**os.environ, "SKYLIFT_HOME": str(home)},
+        env={**os.environ, "SKYLIFT_HOME": str(home), **(env or {})},
         timeout=60,
     )
 
@@ -124,6 +125,30 @@ def test_scopes(server: Server, keys: dict[str, str]) -> None:
         server.request("POST", f"/v2/models/{M}/infer", ONE_ROW.encode(), {"X-API-Key": keys["ops"]})[0]
         == 403
     )
+    doc = json.loads(server.request("GET", "/openapi.json", None, bearer)[2])
+    assert set(doc["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "//v2/repository/index"),
+        ("POST", "///v2/repository/index"),
+        ("POST", "/v2/repository/index/"),
+        ("POST", "//v2/repository/models/mnist-mlp/unload"),
+        ("POST", "//v2/repository/models/mnist-mlp/load"),
+        ("POST", "/v2/repository//index"),
+        ("GET", "//metrics"),
+        ("GET", "/metrics/"),
+    ],
+)
+def test_extra_slashes_do_not_get_around_a_scope(
+    server: Server, keys: dict[str, str], method: str, path: str
+) -> None:
+    """The scope comes from the same reading of the path as the route (an audit found a bypass)."""
+    status, _, body = server.request(method, path, b"", {"X-API-Key": keys["app"]})
+    assert status == 403 and "lacks the" in json.loads(body)["error"], body
+    assert server.request("POST", f"/v2/models/{M}/infer", ONE_ROW.encode())[0] == 200  # still loaded
 
 
 def test_keys_created_and_revoked_apply_without_restart(home: Path, server: Server) -> None:
@@ -152,12 +177,27 @@ def test_audit_log_records_failures_and_admin_actions_without_keys(
     server.request("GET", "/metrics", None, {"X-API-Key": keys["app"]})
     server.request("POST", "/v2/repository/index", b"", {"X-API-Key": keys["root"]})
     server.request("POST", f"/v2/repository/models/{M}/load", b"", {"X-API-Key": keys["root"]})
+    bad_ref = b'{"parameters": {"reference": "mnist-mlp:abc"}}'
+    root = {"X-API-Key": keys["root"]}
+    assert server.request("POST", f"/v2/repository/models/{M}/load", bad_ref, root)[0] == 400
+    assert server.request("POST", "/v2/repository/models/nope/unload", b"", root)[0] == 404
+    assert server.request("GET", "/v2/repository/index", None, root)[0] == 405
     lines = [json.loads(line) for line in (home / "audit.log").read_text().splitlines()]
+    failures = [(e["key"], e["status"], e["outcome"].split(": ")[:2]) for e in lines[-3:]]
+    assert failures == [
+        ("root", 400, ["failed", "load"]),
+        ("root", 404, ["failed", "unload"]),
+        ("root", 405, ["failed", "index"]),
+    ]
+    assert "version must be a positive integer" in lines[-3]["outcome"]
     assert {"key": "app", "outcome": "denied: needs scope metrics"}.items() <= lines[-3].items() or any(
         entry["key"] == "app" and entry["outcome"] == "denied: needs scope metrics" for entry in lines
     )
     assert any(
-        e["key"] == "root" and e["outcome"] == "ok: load" and e["client"].startswith("127.0.0.1:")
+        e["key"] == "root"
+        and e["outcome"] == "ok: load"
+        and e["status"] == 200
+        and e["client"].startswith("127.0.0.1:")
         for e in lines
     )
     assert any(e["key"] is None and e["outcome"] == "denied: no API key" for e in lines)
@@ -202,7 +242,7 @@ def test_rate_limit_is_shared_by_replicas_and_overridable_per_key(home: Path, ke
     fast = _keys(
         home, "create", "--name", "bulk", "--scope", "predict", "--rate-limit", "1000"
     ).stdout.strip()
-    with running(home, M, "--replicas", "2", "--rate-limit", "5", key=keys["app"]) as s:
+    with running(home, M, "--replicas", "2", "--rate-limit", "5/s", key=keys["app"]) as s:
         time.sleep(1.1)  # let the readiness probes' tokens refill
         tick = time.monotonic()
         replies = [s.request("GET", f"/v2/models/{M}", None, {"X-API-Key": keys["app"]}) for _ in range(40)]
@@ -264,10 +304,14 @@ def test_compression_attacks_get_4xx_and_the_server_stays_up(server: Server, key
     bomb = gzip.compress(b"\0" * (200 << 20), compresslevel=9)  # 200 MiB of zeros in ~200 KB
     liar = bytearray(zstandard.ZstdCompressor(write_content_size=True).compress(b"{}"))
     zbomb = zstandard.ZstdCompressor(level=19).compress(b"[" * (64 << 20))
+    honest = zstandard.ZstdCompressor(write_content_size=True).compress(ONE_ROW.encode())
     cases = [
         (bomb, "gzip", 413, "inflates past"),
         (zbomb, "zstd", 413, "inflates past"),
         (bytes(liar[:-3]), "zstd", 400, "zstd"),
+        (lying_frame(honest, 100), "zstd", 400, "zstd body is corrupt"),  # declares less than it holds
+        (lying_frame(honest, len(ONE_ROW) + 500), "zstd", 400, "zstd body is corrupt"),  # declares more
+        (lying_frame(honest, 1 << 40), "zstd", 413, "inflates past"),  # declares 1 TiB
         (gzip.compress(ONE_ROW.encode())[:-10], "gzip", 400, "gzip body is"),
         (b"not gzip at all", "gzip", 400, "gzip body is corrupt"),
         (ONE_ROW.encode(), "br", 415, "Content-Encoding 'br'"),
@@ -278,3 +322,128 @@ def test_compression_attacks_get_4xx_and_the_server_stays_up(server: Server, key
         )
         assert got == status and message in json.loads(raw)["error"], (encoding, raw[:200])
     assert server.request("POST", f"/v2/models/{M}/infer", ONE_ROW.encode(), auth)[0] == 200
+
+
+def _ca_and_server_cert(folder: Path) -> tuple[Path, Path, Path]:
+    """A user's own PKI: a CA, and a server certificate it signed for localhost and 127.0.0.1."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    day = datetime.timedelta(days=1)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - day)
+        .not_valid_after(now + day)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - day)
+        .not_valid_after(now + day)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return paths
+
+
+def test_tls_with_the_users_own_certificate(home: Path, keys: dict[str, str], tmp_path: Path) -> None:
+    ca, cert, key = _ca_and_server_cert(tmp_path)
+    trusting = ssl.create_default_context(cafile=str(ca))  # verifies the chain and the host name
+    args = ("--replicas", "1", "--tls-cert", str(cert), "--tls-key", str(key))
+    with running(home, M, *args, key=keys["app"], tls=trusting) as s:
+        assert "https://127.0.0.1" in s.log.read_text()
+        assert s.request("POST", f"/v2/models/{M}/infer", ONE_ROW.encode())[0] == 200
+        with pytest.raises(ssl.SSLCertVerificationError):  # a client that does not trust the CA
+            Server(s.proc, s.host, s.port, s.log, keys["app"], ssl.create_default_context()).request(
+                "GET", "/v2/health/live"
+            )
+        with socket.create_connection((s.host, s.port), timeout=10) as raw:  # plain HTTP: refused
+            raw.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert not raw.recv(1024).startswith(b"HTTP/1.1 200")
+        assert s.request("GET", "/v2/health/live")[0] == 200
+
+
+def test_skylift_api_keys_file_points_the_server_and_the_cli_at_another_store(
+    home: Path, keys: dict[str, str], tmp_path: Path
+) -> None:
+    store = {"SKYLIFT_API_KEYS_FILE": str(tmp_path / "elsewhere" / "keys.json")}
+    made = _keys(home, "create", "--name", "elsewhere", "--scope", "predict", env=store)
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    assert "elsewhere" in _keys(home, "list", env=store).stdout
+    assert "elsewhere" not in _keys(home, "list").stdout  # SKYLIFT_HOME/keys.json is untouched
+    with running(home, M, "--replicas", "1", key=key, env=store) as s:
+        assert f"API keys from {store['SKYLIFT_API_KEYS_FILE']}" in s.log.read_text()
+        assert s.request("POST", f"/v2/models/{M}/infer", ONE_ROW.encode())[0] == 200
+        # A key of the home store is unknown to this server.
+        assert s.request("GET", f"/v2/models/{M}", None, {"X-API-Key": keys["app"]})[0] == 401
+
+
+def test_keys_never_appear_in_metrics_logs_or_errors(
+    home: Path, server: Server, keys: dict[str, str]
+) -> None:
+    app, key_id = keys["app"], keys["app"].split("_")[1]
+    secrets = [k.split("_")[2] for k in keys.values()]
+    wrong = f"sk_{key_id}_{'B' * 43}"
+    replies = [
+        server.request("POST", f"/v2/models/{M}/infer", ONE_ROW.encode(), {"Authorization": f"Bearer {app}"}),
+        server.request("GET", "/metrics", None, {"X-API-Key": app}),  # 403
+        server.request("GET", f"/v2/models/{M}", None, {"X-API-Key": wrong}),  # 401
+        server.request("GET", f"/v2/models/{M}", None, {"X-API-Key": app[:-1]}),  # 401
+        server.request("POST", f"/v2/models/{M}/infer", b"{", {"X-API-Key": app}),  # 400
+        server.request("POST", "/v2/repository/index", b"", {"X-API-Key": keys["root"]}),
+    ]
+    time.sleep(1.2)  # replicas publish their metrics about once a second
+    status, _, metrics = server.request("GET", "/metrics", None, {"X-API-Key": keys["ops"]})
+    assert status == 200 and b"skylift_requests_total" in metrics
+    texts = [
+        metrics.decode(),
+        server.log.read_text(),
+        (home / "audit.log").read_text(),
+        *(body.decode() for _, _, body in replies),
+    ]
+    for text in texts:
+        assert not any(secret in text for secret in secrets) and "B" * 43 not in text
+
+
+def test_a_corrupt_key_file_keeps_the_server_answering(
+    home: Path, server: Server, keys: dict[str, str]
+) -> None:
+    store = home / "keys.json"
+    good = store.read_text()
+    try:
+        store.write_text(good[: len(good) // 2])  # a bad hand edit
+        time.sleep(2.5)  # the server re-reads the file within ~2 s
+        for _ in range(5):
+            assert server.request("POST", f"/v2/models/{M}/infer", ONE_ROW.encode())[0] == 200
+        assert server.log.read_text().count("not a skylift key file") == 1
+    finally:
+        store.write_text(good)
+    assert server.request("GET", f"/v2/models/{M}", None, {"X-API-Key": keys["root"]})[0] == 200

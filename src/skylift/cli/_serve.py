@@ -24,7 +24,10 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--max-rss-mb", type=int, default=0, help="recycle a replica past this memory")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch", help="inference engine")
     p.add_argument(
-        "--rate-limit", type=float, default=100.0, help="requests/s per API key, all replicas (0: off)"
+        "--rate-limit",
+        type=_rate,
+        default=100.0,
+        help="requests per API key, all replicas: 100/s (default), 6000/m, 360000/h (0: off)",
     )
     p.add_argument("--cache", default="memory", help="response cache: memory, redis://HOST:PORT/DB, or none")
     p.add_argument("--cache-mb", type=float, default=64.0, help="response cache budget in MiB (0: off)")
@@ -44,6 +47,16 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "--key-file", help="registry master key for encrypted models (default: $SKYLIFT_MASTER_KEY)"
     )
     p.set_defaults(run=_serve)
+
+
+def _rate(text: str) -> float:
+    from skylift.errors import SpecError
+    from skylift.serve.ratelimit import parse_rate
+
+    try:
+        return parse_rate(text)
+    except SpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--rate-limit ")) from None
 
 
 def _serve(args: argparse.Namespace) -> int:

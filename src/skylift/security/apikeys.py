@@ -8,6 +8,7 @@ would buy nothing for 256 random bits and would cost every request. The store is
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
@@ -15,6 +16,8 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,31 +76,46 @@ def _digest(salt: bytes, secret: str) -> str:
 
 
 class KeyStore:
-    """The key file. Reads are cheap and re-done when the file changes (see `refresh`)."""
+    """The key file. Reads are cheap and re-done when the file changes (see `refresh`).
 
-    def __init__(self, path: Path) -> None:
+    `create` and `revoke` re-read the file under an exclusive lock (`keys.json.lock`) before
+    writing it, so concurrent `skylift keys create` commands never lose each other's keys.
+    """
+
+    def __init__(self, path: Path, load: bool = True) -> None:
         self.path = path
         self._entries: dict[str, dict[str, Any]] = {}
-        self._stamp: tuple[float, int] | None = None
-        self.refresh()
+        self._stamp: tuple[int, int, int] | None = None
+        if load:
+            self.refresh()
 
     def refresh(self) -> bool:
-        """Reload if the file changed since the last read; True when it did."""
+        """Reload if the file changed since the last read; True when it did.
+
+        A file that is not a key file raises SpecError and keeps the keys read before; it is
+        not read again until it changes.
+        """
         try:
             st = self.path.stat()
         except FileNotFoundError:
             changed = self._stamp is not None
             self._entries, self._stamp = {}, None
             return changed
-        stamp = (st.st_mtime, st.st_size)
+        # The inode changes on every atomic rewrite; mtime_ns and size catch edits in place.
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         if stamp == self._stamp:
             return False
+        self._stamp = stamp
         try:
             data = json.loads(self.path.read_text())
-            self._entries = {e["id"]: e for e in data["keys"]}
-        except (OSError, ValueError, KeyError, TypeError):
+            entries = {e["id"]: e for e in data["keys"]}
+            for e in entries.values():  # a bad entry fails here, not in verify() on a request
+                _info(e)
+                bytes.fromhex(e["salt"])
+                e["sha256"].encode()
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             raise SpecError(f"{self.path}: not a skylift key file") from None
-        self._stamp = stamp
+        self._entries = entries
         return True
 
     def infos(self) -> list[KeyInfo]:
@@ -105,6 +123,19 @@ class KeyStore:
 
     def usable(self) -> list[KeyInfo]:
         return [k for k in self.infos() if not k.expired()]
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the store's lock, with the entries freshly read from the file."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._stamp = None
+            self.refresh()
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def _save(self) -> None:
         entries = sorted(self._entries.values(), key=lambda e: e["created"])
@@ -122,10 +153,16 @@ class KeyStore:
         """A new key; returns (the key, shown once) and its stored info."""
         if not _NAME.match(name):
             raise SpecError(f"key name {name!r} is not allowed: letters, digits, '.', '_', '-' (max 64)")
-        if any(e["name"] == name for e in self._entries.values()):
-            raise SpecError(f"a key named {name!r} already exists: revoke it first or pick another name")
         if rate_limit is not None and rate_limit <= 0:
             raise SpecError(f"--rate-limit must be > 0 requests/s, got {rate_limit}")
+        with self._locked():
+            return self._create(name, scopes, expires_in, rate_limit)
+
+    def _create(
+        self, name: str, scopes: tuple[str, ...], expires_in: float | None, rate_limit: float | None
+    ) -> tuple[str, KeyInfo]:
+        if any(e["name"] == name for e in self._entries.values()):
+            raise SpecError(f"a key named {name!r} already exists: revoke it first or pick another name")
         key_id = secrets.token_hex(4)
         while key_id in self._entries:
             key_id = secrets.token_hex(4)
@@ -146,11 +183,12 @@ class KeyStore:
         return f"sk_{key_id}_{secret}", _info(self._entries[key_id])
 
     def revoke(self, name: str) -> KeyInfo:
-        for key_id, entry in self._entries.items():
-            if entry["name"] == name:
-                del self._entries[key_id]
-                self._save()
-                return _info(entry)
+        with self._locked():
+            for key_id, entry in self._entries.items():
+                if entry["name"] == name:
+                    del self._entries[key_id]
+                    self._save()
+                    return _info(entry)
         raise SpecError(f"no key named {name!r}")
 
     def verify(self, presented: str) -> KeyInfo:

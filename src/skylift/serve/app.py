@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
+import re
+import sys
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 import orjson
 
-from skylift.errors import AuthError, ModelNotFound, Overloaded, SkyliftError
-from skylift.security.apikeys import KeyInfo, KeyStore
-from skylift.serve import codec, compression
+from skylift.errors import ModelNotFound, Overloaded, SkyliftError, SpecError
+from skylift.security.apikeys import KeyInfo
+from skylift.serve import codec, compression, routes
+from skylift.serve.audit import AuditLog
+from skylift.serve.auth import Auth, Denied
 from skylift.serve.batcher import DeadlineExceeded
 from skylift.serve.cache import ResponseCache, cache_key
 from skylift.serve.codec import BadRequest
@@ -27,9 +31,13 @@ from skylift.serve.metrics import Metrics
 from skylift.serve.openapi import openapi
 from skylift.serve.ratelimit import RateLimiter
 from skylift.serve.repository import Repository, ServedModel
+from skylift.serve.routes import Route
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
+Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
+Handler = Callable[[Route, dict[str, Any], Receive], Awaitable[Answer]]
+_KEY_LIKE = re.compile(r"sk_[0-9a-f]{8}_[A-Za-z0-9_-]*")
 JSON = (b"content-type", b"application/json")
 _JSON_TYPES = (b"application/json", b"application/x-www-form-urlencoded", b"text/plain")
 _VERSION = "0.1.0"
@@ -56,45 +64,28 @@ class App:
         self.served = 0
         self.on_request: Callable[[], None] | None = None
         """Called after each response (the replica uses it to count towards --max-requests)."""
-        self.keys = None if config.no_auth else KeyStore(config.keys)
+        self.audit = AuditLog(config.audit)
+        self.auth = None if config.no_auth else Auth(config.keys, self.audit)
         self.cache: ResponseCache | None = None
         """Response cache, set by the replica (None: off)."""
         self.limiter: RateLimiter | None = None
         """Shared per-key token buckets, set by the replica (None: no limits)."""
-        self._keys_read = time.monotonic()
-
-    def _authorize(self, scope: dict[str, Any]) -> KeyInfo | None:
-        """The caller's key, checked against the route's scope; Reply(401/403) otherwise."""
-        path = scope["path"]
-        if self.keys is None or path == "/v2/health/live":
-            return None
-        now = time.monotonic()
-        if now - self._keys_read > 2.0:  # created and revoked keys apply within ~2 s
-            self._keys_read = now
-            self.keys.refresh()
-        need = (
-            "admin" if path.startswith("/v2/repository") else "metrics" if path == "/metrics" else "predict"
-        )
-        presented = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                scheme, _, token = value.partition(b" ")
-                presented = token.strip().decode("latin-1") if scheme.lower() == b"bearer" else ""
-            elif name == b"x-api-key":
-                presented = value.strip().decode("latin-1")
-        challenge = ((b"www-authenticate", b"Bearer"),)
-        if not presented:
-            self._audit(scope, None, "denied: no API key")
-            raise Reply(401, "missing API key: send Authorization: Bearer KEY or X-API-Key: KEY", challenge)
-        try:
-            key = self.keys.verify(presented)
-        except AuthError:
-            self._audit(scope, None, "denied: invalid key")
-            raise Reply(401, "invalid, expired or revoked API key", challenge) from None
-        if need not in key.scopes:
-            self._audit(scope, key.name, f"denied: needs scope {need}")
-            raise Reply(403, f"API key {key.name!r} lacks the {need!r} scope")
-        return key
+        metrics.extra["internal_errors_total"] = 0
+        self._handlers: dict[str, Handler] = {
+            "v2/health/live": self._live,
+            "v2/health/ready": self._ready,
+            "v2": self._server_metadata,
+            "v2/models/metadata": self._model_metadata,
+            "v2/models/ready": self._model_ready,
+            "v2/models/infer": self._infer_v2,
+            "v2/repository/index": self._index,
+            "v2/repository/load": self._load,
+            "v2/repository/unload": self._unload,
+            "v1/models/status": self._status_v1,
+            "v1/models/predict": self._predict_v1,
+            "metrics": self._metrics,
+            "openapi": self._openapi,
+        }
 
     def _limit(self, key: KeyInfo) -> None:
         rate = key.rate_limit or self.config.rate_limit
@@ -120,43 +111,26 @@ class App:
                     return compression.encode_body(body, chosen), (*extra, *vary)
         return body, extra
 
-    def _audit(self, scope: dict[str, Any], key: str | None, outcome: str) -> None:
-        """One JSON line per admin action or auth failure; never the key itself."""
-        client = scope.get("client") or ("", 0)
-        line = (
-            orjson.dumps(
-                {
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "key": key,
-                    "method": scope["method"],
-                    "route": scope["path"][:200],
-                    "outcome": outcome,
-                    "client": f"{client[0]}:{client[1]}",
-                }
-            )
-            + b"\n"
-        )
-        # O_APPEND: each line lands whole even with several replicas writing.
-        fd = os.open(self.config.audit, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
-
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         start = time.perf_counter()
-        route = "unmatched"
+        # Matched first, before anything can raise: errors are counted under the route they hit.
+        route = routes.match(scope["path"])
         extra: tuple[tuple[bytes, bytes], ...] = ()
+        key: KeyInfo | None = None
+        authorized = False
         try:
-            key = self._authorize(scope)
+            key = self.auth.check(scope, route) if self.auth is not None else None
+            authorized = True
             if key is not None and self.limiter is not None:
                 self._limit(key)
-            route, status, body, headers = await self._dispatch(scope, receive)
-            if key is not None and route.startswith("v2/repository/"):
-                self._audit(scope, key.name, f"ok: {route.rsplit('/', 1)[1]}")
-        except Reply as r:
+            if route.method is not None and scope["method"] != route.method:
+                allow = ((b"allow", route.method.encode()),)
+                raise Reply(405, f"method {scope['method']} not allowed here (use {route.method})", allow)
+            handler = self._handlers.get(route.name, self._unmatched)
+            status, body, headers = await handler(route, scope, receive)
+        except (Reply, Denied) as r:
             status, body, headers, extra = r.status, _error(str(r)), [JSON], r.headers
         except BadRequest as exc:
             status, body, headers = exc.status, _error(str(exc)), [JSON]
@@ -166,17 +140,36 @@ class App:
             status, body, headers = 504, _error(f"deadline of {self.config.timeout_ms} ms exceeded"), [JSON]
         except ModelNotFound as exc:
             status, body, headers = 404, _error(str(exc)), [JSON]
+        except SpecError as exc:  # e.g. a malformed model reference in an admin load
+            status, body, headers = 400, _error(str(exc)), [JSON]
         except SkyliftError as exc:
+            _log(f"{route.name}: {exc}")
             status, body, headers = 500, _error(str(exc)), [JSON]
+        except Exception as exc:  # a bug: answer JSON, log it, count it; the worker carries on
+            self.metrics.extra["internal_errors_total"] += 1
+            _log(f"internal error on {scope['method']} {route.name}", exc)
+            status, body, headers = 500, _error("internal server error (logged by the server)"), [JSON]
+        if route.scope == "admin" and authorized:  # every admin action, whatever its outcome
+            self._audit_admin(scope, route, key, status, body)
         if len(body) >= compression.MIN_COMPRESS_BYTES:
             body, extra = self._compress(scope, body, extra)
         length = (b"content-length", str(len(body)).encode())  # not chunked: no framing per response
         await send({"type": "http.response.start", "status": status, "headers": [*headers, *extra, length]})
         await send({"type": "http.response.body", "body": body})
-        self.metrics.observe(route, status, time.perf_counter() - start)
+        self.metrics.observe(route.name, status, time.perf_counter() - start)
         self.served += 1
         if self.on_request:
             self.on_request()
+
+    def _audit_admin(
+        self, scope: dict[str, Any], route: Route, key: KeyInfo | None, status: int, body: bytes
+    ) -> None:
+        action = route.name.rsplit("/", 1)[-1]
+        outcome = f"ok: {action}" if status < 400 else f"failed: {action}: {orjson.loads(body)['error']}"
+        try:
+            self.audit.write(scope, key.name if key else None, outcome, status)
+        except OSError as exc:  # the action is done; say loudly that its record is missing
+            _log(f"cannot write the audit log {self.audit.path}: {exc.strerror}")
 
     async def _read(self, scope: dict[str, Any], receive: Receive) -> bytes:
         limit = self.config.max_body_bytes
@@ -202,7 +195,8 @@ class App:
                 return compression.decode_body(body, value, limit)
         return body
 
-    def _model(self, name: str, version: str | None) -> ServedModel:
+    def _model(self, route: Route) -> ServedModel:
+        name, version = route.model or "", route.version
         model = self.repo.models.get(name)
         if model is None:
             raise Reply(
@@ -214,64 +208,39 @@ class App:
             )
         return model
 
-    async def _dispatch(
-        self, scope: dict[str, Any], receive: Receive
-    ) -> tuple[str, int, bytes, list[tuple[bytes, bytes]]]:
-        method, path = scope["method"], scope["path"]
-        parts = path.strip("/").split("/")
-        if parts[0] == "v2":
-            return await self._v2(method, parts[1:], scope, receive)
-        if parts[0] == "v1" and len(parts) >= 3 and parts[1] == "models":
-            return await self._v1(method, parts[2:], scope, receive)
-        if path == "/metrics":
-            _expect(method, "GET")
-            body = self.metrics.render().encode()
-            return "metrics", 200, body, [(b"content-type", b"text/plain; version=0.0.4")]
-        if path == "/openapi.json":
-            _expect(method, "GET")
-            return "openapi", 200, orjson.dumps(openapi()), [JSON]
-        raise Reply(404, f"no route {path[:100]!r}")
+    async def _unmatched(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
+        raise Reply(404, route.error)
 
-    async def _v2(
-        self, method: str, parts: list[str], scope: dict[str, Any], receive: Receive
-    ) -> tuple[str, int, bytes, list[tuple[bytes, bytes]]]:
-        if parts == ["health", "live"]:
-            return "v2/health/live", 200, orjson.dumps({"live": True}), [JSON]
-        if parts == ["health", "ready"]:
-            ready = self.repo.ready and bool(self.repo.models)
-            return "v2/health/ready", 200 if ready else 503, orjson.dumps({"ready": ready}), [JSON]
-        if parts == [""] or not parts:
-            body = {
-                "name": "skylift",
-                "version": _VERSION,
-                "extensions": ["binary_tensor_data", "model_repository"],
-            }
-            return "v2", 200, orjson.dumps(body), [JSON]
-        if parts[0] == "repository":
-            return await self._repository(method, parts[1:], receive, scope)
-        if parts[0] != "models" or len(parts) < 2:
-            raise Reply(404, "no such route under /v2")
-        name, rest = parts[1], parts[2:]
-        version = None
-        if rest[:1] == ["versions"]:
-            if len(rest) < 2:
-                raise Reply(404, "missing version after /versions")
-            version, rest = rest[1], rest[2:]
-        model = self._model(name, version)
-        if not rest:
-            _expect(method, "GET")
-            return "v2/models/metadata", 200, orjson.dumps(_metadata(model)), [JSON]
-        if rest == ["ready"]:
-            _expect(method, "GET")
-            return "v2/models/ready", 200, orjson.dumps({"name": name, "ready": True}), [JSON]
-        if rest == ["infer"]:
-            _expect(method, "POST")
-            return "v2/models/infer", *await self._infer_v2(model, scope, receive)
-        raise Reply(404, "no such route under /v2/models")
+    async def _live(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
+        return 200, b'{"live":true}', [JSON]
 
-    async def _infer_v2(
-        self, model: ServedModel, scope: dict[str, Any], receive: Receive
-    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    async def _ready(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
+        ready = self.repo.ready and bool(self.repo.models)
+        return 200 if ready else 503, orjson.dumps({"ready": ready}), [JSON]
+
+    async def _server_metadata(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
+        body = {
+            "name": "skylift",
+            "version": _VERSION,
+            "extensions": ["binary_tensor_data", "model_repository"],
+        }
+        return 200, orjson.dumps(body), [JSON]
+
+    async def _model_metadata(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
+        return 200, orjson.dumps(_metadata(self._model(route))), [JSON]
+
+    async def _model_ready(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
+        model = self._model(route)
+        return 200, orjson.dumps({"name": model.name, "ready": True}), [JSON]
+
+    async def _metrics(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
+        return 200, self.metrics.render().encode(), [(b"content-type", b"text/plain; version=0.0.4")]
+
+    async def _openapi(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
+        return 200, orjson.dumps(openapi(self.auth is not None)), [JSON]
+
+    async def _infer_v2(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
+        model = self._model(route)
         header_length = None
         for name, value in scope["headers"]:
             if name == b"inference-header-content-length":
@@ -295,6 +264,13 @@ class App:
 
     async def _predict(self, model: ServedModel, x: Any) -> tuple[Any, list[tuple[bytes, bytes]]]:
         """(probabilities, extra headers): from the response cache, else from the model's batcher."""
+        limit = self.config.max_queue_rows
+        if len(x) > limit:  # would wait for room that can never be made: not a 503 to retry
+            raise BadRequest(
+                f"request of {len(x)} rows is over the server's limit of {limit} queued rows "
+                "(--max-queue-rows); send it in smaller requests",
+                413,
+            )
         key = None
         n_classes = len(model.signature.classes)
         if self.cache is not None:
@@ -317,33 +293,17 @@ class App:
         await self.cache.put(key, probs.astype("<f4", copy=False).tobytes())
         return probs, [(b"x-cache", b"miss")]
 
-    async def _v1(
-        self, method: str, parts: list[str], scope: dict[str, Any], receive: Receive
-    ) -> tuple[str, int, bytes, list[tuple[bytes, bytes]]]:
-        verb = None
-        if ":" in parts[-1]:
-            parts[-1], verb = parts[-1].split(":", 1)
-        name, version = parts[0], None
-        if len(parts) == 3 and parts[1] == "versions":
-            version = parts[2]
-        elif len(parts) != 1:
-            raise Reply(404, "no such route under /v1/models")
-        model = self._model(name, version)
-        if verb is None:
-            _expect(method, "GET")
-            status = {
-                "model_version_status": [
-                    {
-                        "version": str(model.version),
-                        "state": "AVAILABLE",
-                        "status": {"error_code": "OK", "error_message": ""},
-                    }
-                ]
-            }
-            return "v1/models/status", 200, orjson.dumps(status), [JSON]
-        if verb != "predict":
-            raise Reply(404, f"unsupported verb :{verb[:20]} (only :predict)")
-        _expect(method, "POST")
+    async def _status_v1(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
+        model = self._model(route)
+        state = {
+            "version": str(model.version),
+            "state": "AVAILABLE",
+            "status": {"error_code": "OK", "error_message": ""},
+        }
+        return 200, orjson.dumps({"model_version_status": [state]}), [JSON]
+
+    async def _predict_v1(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
+        model = self._model(route)
         _content_type(scope, binary=False)
         model.batcher.arriving += 1
         try:
@@ -351,34 +311,33 @@ class App:
         finally:
             model.batcher.arriving -= 1
         probs, cached = await self._predict(model, x)
-        return (
-            "v1/models/predict",
-            200,
-            codec.encode_v1(probs, _labels(model, probs), columnar),
-            [JSON, *cached],
-        )
+        return 200, codec.encode_v1(probs, _labels(model, probs), columnar), [JSON, *cached]
 
-    async def _repository(
-        self, method: str, parts: list[str], receive: Receive, scope: dict[str, Any]
-    ) -> tuple[str, int, bytes, list[tuple[bytes, bytes]]]:
-        _expect(method, "POST")
-        if parts == ["index"]:
-            index = [
-                {"name": m.name, "version": str(m.version), "state": "READY", "reference": m.requested}
-                for m in self.repo.models.values()
-            ]
-            return "v2/repository/index", 200, orjson.dumps(index), [JSON]
-        if len(parts) == 3 and parts[0] == "models" and parts[2] in ("load", "unload"):
-            body = await self._read(scope, receive)
-            name = parts[1]
-            if parts[2] == "unload":
-                await self.repo.admin_unload(name)
-                return "v2/repository/unload", 200, orjson.dumps({"unloaded": name}), [JSON]
-            ref = _load_reference(body, name, self.repo)
-            model = await self.repo.admin_load(ref)
-            answer = {"loaded": f"{model.name}:{model.version}", "reference": ref}
-            return "v2/repository/load", 200, orjson.dumps(answer), [JSON]
-        raise Reply(404, "no such route under /v2/repository")
+    async def _index(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
+        index = [
+            {"name": m.name, "version": str(m.version), "state": "READY", "reference": m.requested}
+            for m in self.repo.models.values()
+        ]
+        return 200, orjson.dumps(index), [JSON]
+
+    async def _load(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
+        name = route.model or ""
+        ref = _load_reference(await self._read(scope, receive), name, self.repo)
+        model = await self.repo.admin_load(ref)
+        answer = {"loaded": f"{model.name}:{model.version}", "reference": ref}
+        return 200, orjson.dumps(answer), [JSON]
+
+    async def _unload(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
+        await self._read(scope, receive)
+        await self.repo.admin_unload(route.model or "")
+        return 200, orjson.dumps({"unloaded": route.model}), [JSON]
+
+
+def _log(line: str, exc: BaseException | None = None) -> None:
+    """One line (and a traceback for a bug) on stderr, with anything shaped like an API key masked."""
+    if exc is not None:
+        line += "\n" + "".join(traceback.format_exception(exc)).rstrip()
+    print(f"skylift serve: {_KEY_LIKE.sub('sk_***', line)}", file=sys.stderr, flush=True)
 
 
 def _load_reference(body: bytes, name: str, repo: Repository) -> str:
@@ -396,11 +355,6 @@ def _load_reference(body: bytes, name: str, repo: Repository) -> str:
     if ref.split(":")[0].split("@")[0] != name:
         raise BadRequest(f"reference {ref!r:.80} is not a version of model {name!r}")
     return ref
-
-
-def _expect(method: str, allowed: str) -> None:
-    if method != allowed:
-        raise Reply(405, f"method {method} not allowed here (use {allowed})", ((b"allow", allowed.encode()),))
 
 
 def _content_type(scope: dict[str, Any], binary: bool) -> None:

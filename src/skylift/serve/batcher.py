@@ -82,7 +82,13 @@ class Batcher:
             parts.append(item.future)
         self.queued_rows += rows
         self._wake.set()
-        outs = [await f for f in parts]
+        try:
+            outs = [await f for f in parts]
+        except BaseException:
+            # Timed out, cancelled or failed: the parts still queued are skipped, never computed.
+            for f in parts:
+                f.cancel()
+            raise
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
     def _take(self, room: int) -> list[_Item]:

@@ -78,7 +78,8 @@ def _rows(x: np.ndarray, sig: Signature, rows: int, where: str) -> np.ndarray:
             f"{where}: {x.size} values do not make {rows} row(s) of {sig.features} features "
             f"(model input shape {list(sig.input_shape)})"
         )
-    x = np.ascontiguousarray(x, dtype=np.float32).reshape(rows, *sig.input_shape)
+    with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values become inf: refused below
+        x = np.ascontiguousarray(x, dtype=np.float32).reshape(rows, *sig.input_shape)
     finite = np.isfinite(x.reshape(rows, -1)).all(axis=1)
     if not finite.all():
         raise BadRequest(f"{where}: row {int(np.argmin(finite))} contains NaN or Inf")
@@ -107,12 +108,13 @@ def decode_v2(body: bytes, header_length: int | None, sig: Signature) -> V2Reque
         raise BadRequest(f"'inputs' must be a list of exactly one tensor named '{INPUT_NAME}'")
     spec = inputs[0]
     if spec.get("name") != INPUT_NAME:
-        raise BadRequest(f"unknown input {spec.get('name')!r}: the model's input is '{INPUT_NAME}'")
+        raise BadRequest(f"unknown input {spec.get('name')!r:.60}: the model's input is '{INPUT_NAME}'")
     where = f"input '{INPUT_NAME}'"
     shape = _shape(spec.get("shape"), where)
-    dtype = DTYPES.get(spec.get("datatype"))  # type: ignore[arg-type]
+    datatype = spec.get("datatype")
+    dtype = DTYPES.get(datatype) if isinstance(datatype, str) else None  # a list or dict is unhashable
     if dtype is None:
-        raise BadRequest(f"{where}.datatype {spec.get('datatype')!r:.30} is not one of {', '.join(DTYPES)}")
+        raise BadRequest(f"{where}.datatype {datatype!r:.30} is not one of {', '.join(DTYPES)}")
     params = spec.get("parameters") or {}
     binary_size = params.get("binary_data_size") if isinstance(params, dict) else None
     if binary_size is not None:
@@ -131,8 +133,12 @@ def decode_v2(body: bytes, header_length: int | None, sig: Signature) -> V2Reque
             raise BadRequest(
                 f"{len(body) - header_length} bytes after the JSON header but no binary_data_size"
             )
+        data = spec.get("data")
+        if not isinstance(data, list):
+            raise BadRequest(f"{where}.data must be a list of numbers, got {type(data).__name__}")
         try:
-            x = np.asarray(spec.get("data"), dtype=dtype)
+            with np.errstate(over="ignore", invalid="ignore"):
+                x = np.asarray(data, dtype=dtype)
         except (TypeError, ValueError, OverflowError):
             raise BadRequest(f"{where}.data must be numbers of datatype {spec['datatype']}") from None
     if math.prod(shape[1:]) != sig.features:
@@ -223,7 +229,8 @@ def decode_v1(body: bytes, sig: Signature) -> tuple[np.ndarray, bool]:
     if not isinstance(data, list):
         raise BadRequest("'instances' / 'inputs' must be a list of rows")
     try:
-        x = np.asarray(data, dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = np.asarray(data, dtype=np.float32)
     except (TypeError, ValueError, OverflowError):
         raise BadRequest("every row must be a list of numbers of the same length") from None
     if x.ndim == 0 or (x.ndim == 1 and sig.features != 1):

@@ -27,27 +27,40 @@ def decode_body(body: bytes, encoding: bytes, limit: int) -> bytes:
             raise BadRequest("gzip body is truncated")
         return out
     if kind == b"zstd":
-        import zstandard
+        return _zstd(body, limit)
+    raise BadRequest(f"Content-Encoding {kind.decode('latin-1')[:30]!r} is not supported (gzip, zstd)", 415)
 
-        # stream_reader ignores the frame's declared content size: a frame that lies cannot make us
-        # allocate more than limit + 1 bytes.
-        try:
-            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body)) as reader:
-                out = reader.read(limit + 1)
-        except zstandard.ZstdError as exc:
-            raise BadRequest(f"zstd body is corrupt: {exc}") from None
+
+def _zstd(body: bytes, limit: int) -> bytes:
+    """Every frame of a zstd body, inflated to at most `limit` bytes; a frame may lie about its size."""
+    import zstandard
+
+    try:
+        declared = zstandard.frame_content_size(body)
+    except zstandard.ZstdError as exc:
+        raise BadRequest(f"zstd body is corrupt: {exc}") from None
+    if declared > limit:  # -1: not declared
+        raise BadRequest(
+            f"body inflates past the {limit}-byte limit (its zstd frame declares {declared} bytes)", 413
+        )
+    # The stream reader ignores the declared size: a frame that lies cannot make us produce
+    # more than limit + 1 bytes, and a size that does not match the data is a zstd error.
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body), read_across_frames=True) as reader:
+            out = reader.read(limit + 1)
         if len(out) > limit:
             raise BadRequest(f"body inflates past the {limit}-byte limit", 413)
-        # The output is known to be small now, so a second, incremental pass may check the frame is whole.
-        whole = zstandard.ZstdDecompressor().decompressobj()
-        try:
-            whole.decompress(body)
-        except zstandard.ZstdError as exc:
-            raise BadRequest(f"zstd body is corrupt: {exc}") from None
-        if not whole.eof:
-            raise BadRequest("zstd body is truncated")
-        return out
-    raise BadRequest(f"Content-Encoding {kind.decode('latin-1')[:30]!r} is not supported (gzip, zstd)", 415)
+        # The output is known to be small now, so a second pass may check that every frame is whole.
+        rest = body
+        while rest:
+            frame = zstandard.ZstdDecompressor().decompressobj()
+            frame.decompress(rest)
+            if not frame.eof:
+                raise BadRequest("zstd body is truncated")
+            rest = frame.unused_data
+    except zstandard.ZstdError as exc:
+        raise BadRequest(f"zstd body is corrupt: {exc}") from None
+    return out
 
 
 def choose(accept_encoding: bytes) -> bytes | None:

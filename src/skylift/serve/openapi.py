@@ -29,11 +29,12 @@ def _op(summary: str, *, body: str | None = None, params: tuple[dict[str, Any], 
 
 
 @cache
-def openapi() -> dict[str, Any]:
+def openapi(auth: bool = True) -> dict[str, Any]:
+    """The document; `auth` False (a --no-auth server) leaves out the API key security schemes."""
     v2_infer = "#/components/schemas/V2InferRequest"
     v1_predict = "#/components/schemas/V1PredictRequest"
     paths: dict[str, Any] = {
-        "/v2/health/live": {"get": _op("liveness")},
+        "/v2/health/live": {"get": {**_op("liveness"), "security": []}},
         "/v2/health/ready": {"get": _op("readiness: every model loaded and warmed up")},
         "/v2": {"get": _op("server metadata")},
         "/v2/models/{model}": {"get": _op("model metadata", params=(_M,))},
@@ -52,6 +53,9 @@ def openapi() -> dict[str, Any]:
         "/v2/repository/models/{model}/load": {"post": _op("load or reload a model (admin)", params=(_M,))},
         "/v2/repository/models/{model}/unload": {"post": _op("unload a model (admin)", params=(_M,))},
         "/v1/models/{model}": {"get": _op("TF-Serving model status", params=(_M,))},
+        "/v1/models/{model}/versions/{version}": {
+            "get": _op("TF-Serving model version status", params=(_M, _V))
+        },
         "/v1/models/{model}:predict": {"post": _op("TF-Serving predict", body=v1_predict, params=(_M,))},
         "/v1/models/{model}/versions/{version}:predict": {
             "post": _op("TF-Serving predict on a version", body=v1_predict, params=(_M, _V))
@@ -70,11 +74,17 @@ def openapi() -> dict[str, Any]:
             "parameters": {"type": "object"},
         },
     }
-    return {
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "skylift serve", "version": "0.1.0"},
         "paths": paths,
+        # Either header works; each route also needs the key's scope (predict, metrics or admin).
+        "security": [{"bearer": []}, {"apiKey": []}],
         "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
             "schemas": {
                 "Error": {
                     "type": "object",
@@ -99,6 +109,10 @@ def openapi() -> dict[str, Any]:
                         "signature_name": {"type": "string"},
                     },
                 },
-            }
+            },
         },
     }
+    if not auth:
+        del doc["security"], doc["components"]["securitySchemes"]
+        del paths["/v2/health/live"]["get"]["security"]
+    return doc

@@ -7,12 +7,25 @@ holds up to one second of requests (burst = rate) and refills continuously.
 from __future__ import annotations
 
 import multiprocessing
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from skylift.errors import SpecError
+
 SLOTS = 4096  # distinct keys tracked at once; probing 8 slots makes collisions harmless
 _PROBE = 8
+_RATE = re.compile(r"^(\d+(?:\.\d+)?)(?:/(s|sec|m|min|h|hour))?$")
+_PER_S = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600}
+
+
+def parse_rate(text: str) -> float:
+    """'100', '100/s', '6000/m', '360000/h' -> requests per second (0: no limit)."""
+    match = _RATE.match(text.strip())
+    if not match:
+        raise SpecError(f"--rate-limit must look like 100/s, 6000/m, 360000/h or 100, got {text!r}")
+    return float(match.group(1)) / _PER_S[match.group(2)]
 
 
 @dataclass

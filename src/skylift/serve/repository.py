@@ -168,9 +168,9 @@ class Repository:
         name, version = self.resolve(requested)
         _, models = self.read_state()
         models[name] = {"ref": requested, "version": version}
-        generation = self.write_state(models)
+        # Loaded here first: a version that fails to load is never handed to the other replicas.
         await self.apply(models)
-        self.generation = generation
+        self.generation = self.write_state(models)
         return self.models[name]
 
     async def admin_unload(self, name: str) -> None:

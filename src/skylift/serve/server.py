@@ -2,13 +2,15 @@
 
 The supervisor binds the port once and keeps it open, so while a replica starts, recycles or is
 replaced, connections wait in the backlog instead of being refused. It restarts a replica that
-dies, recycles one past --max-requests (the replica exits with RECYCLE) or --max-rss-mb (sent
-SIGTERM), and on SIGTERM/SIGINT drains every replica before exiting.
+dies and replaces one that recycles itself: past --max-requests or --max-rss-mb a replica stops
+accepting, finishes its in-flight requests and exits with RECYCLE (not counted as a crash). On
+SIGTERM/SIGINT it drains every replica before exiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import multiprocessing
 import os
 import shutil
@@ -26,8 +28,9 @@ from skylift.errors import SkyliftError
 from skylift.serve.config import ServeConfig
 from skylift.serve.ratelimit import SharedBuckets, shared_buckets
 
-RECYCLE = 64  # a replica's exit code asking to be replaced (served --max-requests)
+RECYCLE = 64  # a replica's exit code asking to be replaced (past --max-requests or --max-rss-mb)
 DRAIN_S = 30  # graceful shutdown budget for in-flight requests
+RSS_CHECK_S = 1.0  # how often a replica compares its resident memory with --max-rss-mb
 
 
 def _replica(config: ServeConfig, sock: socket.socket, index: int, buckets: SharedBuckets) -> None:
@@ -38,7 +41,7 @@ def _replica(config: ServeConfig, sock: socket.socket, index: int, buckets: Shar
 
     from skylift.serve.app import App
     from skylift.serve.cache import make_cache
-    from skylift.serve.metrics import Metrics
+    from skylift.serve.metrics import Metrics, rss_bytes
     from skylift.serve.ratelimit import RateLimiter
     from skylift.serve.repository import Repository
 
@@ -64,21 +67,39 @@ def _replica(config: ServeConfig, sock: socket.socket, index: int, buckets: Shar
         )
     )
     recycled = False
+    rss_limit = config.max_rss_mb * 2**20
+    next_rss_check = math.inf  # set once serving: a replica serves at least RSS_CHECK_S before recycling
+
+    def recycle(why: str) -> None:
+        nonlocal recycled
+        recycled = True
+        print(f"skylift serve: replica {index} {why}; recycling it", file=sys.stderr, flush=True)
+        # Stop accepting now (uvicorn notices should_exit only on its next 0.1 s tick); the
+        # supervisor keeps the port open, so new connections wait for the fresh replica.
+        for listener in server.servers:
+            listener.close()
+        server.should_exit = True  # finish in-flight requests, then exit for a fresh replica
 
     def count() -> None:
-        nonlocal recycled
-        if config.max_requests and app.served >= config.max_requests and not recycled:
-            recycled = True
-            # Stop accepting now (uvicorn notices should_exit only on its next 0.1 s tick); the
-            # supervisor keeps the port open, so new connections wait for the fresh replica.
-            for listener in server.servers:
-                listener.close()
-            server.should_exit = True  # finish in-flight requests, then exit for a fresh replica
+        nonlocal next_rss_check
+        if recycled:
+            return
+        if config.max_requests and app.served >= config.max_requests:
+            recycle(f"served --max-requests {config.max_requests}")
+        elif rss_limit and time.monotonic() >= next_rss_check:
+            # Checked after a response, like --max-requests, so no request is cut off; at most
+            # once per RSS_CHECK_S, as reading /proc costs more than a request's bookkeeping.
+            next_rss_check = time.monotonic() + RSS_CHECK_S
+            rss = rss_bytes()
+            if rss > rss_limit:
+                recycle(f"uses {rss / 2**20:.0f} MiB, past --max-rss-mb {config.max_rss_mb}")
 
     app.on_request = count
 
     async def main() -> None:
+        nonlocal next_rss_check
         await repo.sync()  # verified load + warm-up before this replica accepts a connection
+        next_rss_check = time.monotonic() + RSS_CHECK_S
         app.cache = make_cache(config.cache, config.cache_mb)
         if app.cache is not None:
             await app.cache.check()  # says so in one line when Redis is down from the start
@@ -150,7 +171,6 @@ class Supervisor:
         self.procs[index] = proc
 
     def run(self) -> int:
-        from skylift.serve.metrics import rss_bytes
         from skylift.serve.repository import STATE_FILE
 
         config = self.config
@@ -178,14 +198,12 @@ class Supervisor:
                         continue
                     if not proc.is_alive():
                         code = proc.exitcode
-                        if code != RECYCLE:
+                        if code == RECYCLE:
+                            self.say(f"replica {i} recycled; starting a new one")
+                        else:
                             self.say(f"replica {i} exited ({_how(code)}); starting a new one")
                             self._crashed()
                         self._start(sock, i)
-                    elif config.max_rss_mb and proc.pid and rss_bytes(proc.pid) > config.max_rss_mb * 2**20:
-                        self.say(f"replica {i} passed --max-rss-mb {config.max_rss_mb}; recycling it")
-                        os.kill(proc.pid, signal.SIGTERM)
-                        proc.join(DRAIN_S + 5)
         finally:
             self._drain()
             sock.close()

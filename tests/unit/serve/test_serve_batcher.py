@@ -118,3 +118,54 @@ def test_full_queue_and_deadline() -> None:
         await b.stop()
 
     _run(go)
+
+
+def test_an_expired_request_is_dropped_before_the_model_sees_it() -> None:
+    model = Model(delay=0.3)
+
+    async def abandoned() -> None:
+        async with asyncio.timeout(0.05):  # the server's own timeout gives up first: 20 rows, 3 parts
+            await b.submit(np.ones((20, 2), np.float32), time.monotonic() + 10)
+
+    async def go() -> None:
+        b.start()
+        busy = asyncio.ensure_future(b.submit(np.ones((8, 2), np.float32), time.monotonic() + 10))
+        await asyncio.sleep(0.05)  # the model is busy with `busy` for 0.3 s
+        expired = b.submit(np.ones((3, 2), np.float32), time.monotonic() + 0.05)  # expires while queued
+        results = await asyncio.gather(expired, abandoned(), return_exceptions=True)
+        assert isinstance(results[0], DeadlineExceeded) and isinstance(results[1], TimeoutError)
+        await busy
+        await b.stop()
+        assert b.queued_rows == 0
+
+    b = _batcher(model)
+    _run(go)
+    assert model.batches == [8]  # neither the expired nor the abandoned rows were computed
+
+
+def test_a_batch_waits_for_a_request_on_its_way_until_max_delay() -> None:
+    model = Model()
+
+    async def go() -> tuple[float, float]:
+        b = _batcher(model, max_delay_s=1.0)
+        b.start()
+        deadline = time.monotonic() + 10
+        b.arriving += 1  # a second request is being read
+        first = asyncio.ensure_future(b.submit(np.ones((1, 2), np.float32), deadline))
+        await asyncio.sleep(0.2)
+        assert not first.done()  # its batch waits for the one on its way
+        b.arriving -= 1
+        await b.submit(np.ones((2, 2), np.float32), deadline)
+        await first
+        # Now one that never arrives: the batch closes at max_delay, not later.
+        b.arriving += 1
+        tick = time.monotonic()
+        await b.submit(np.ones((1, 2), np.float32), deadline)
+        waited = time.monotonic() - tick
+        b.arriving -= 1
+        await b.stop()
+        return waited, b.max_delay_s
+
+    waited, max_delay = _run(go)
+    assert model.batches == [3, 1]  # the first two shared a batch
+    assert max_delay * 0.9 <= waited < max_delay + 0.5

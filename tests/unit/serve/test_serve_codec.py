@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 
 import numpy as np
@@ -12,7 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from skylift.serve.codec import BadRequest, Signature, V2Request, decode_v1, decode_v2, encode_v1, encode_v2
+from skylift.serve.codec import (
+    DTYPES,
+    BadRequest,
+    Signature,
+    V2Request,
+    decode_v1,
+    decode_v2,
+    encode_v1,
+    encode_v2,
+)
 
 SIG = Signature((4,), ("a", "b", "c"))
 finite = st.floats(-1e6, 1e6, width=32)
@@ -111,3 +121,74 @@ def test_v1_row_and_column_formats() -> None:
 def test_bad_v2_requests(body: bytes, message: str) -> None:
     with pytest.raises(BadRequest, match=message):
         decode_v2(body, None, SIG)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("datatype", ["FP32"], "datatype ['FP32']"),
+        ("datatype", {}, "datatype {}"),
+        ("datatype", 32, "datatype 32"),
+        ("data", {}, "data must be a list"),
+        ("data", "1,2,3,4", "data must be a list"),
+        ("data", [[1, 2], [3]], "must be numbers"),
+        ("data", [{}, 1, 2, 3], "must be numbers"),
+        ("shape", {"rows": 1}, "shape must be"),
+        ("name", ["input"], "unknown input"),
+    ],
+)
+def test_fields_of_the_wrong_type_are_bad_requests(field: str, value: object, message: str) -> None:
+    tensor = {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4], field: value}
+    with pytest.raises(BadRequest, match=re.escape(message)):
+        decode_v2(orjson.dumps({"inputs": [tensor]}), None, SIG)
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=10,
+)
+FIELDS = {
+    "name": st.sampled_from(["input", "INPUT", ""]) | JSON_VALUES,
+    "shape": st.lists(st.integers(-2, 2**40), max_size=4)
+    | st.sampled_from([[1, 4], [4], [1, 2, 2], [2, 2], [0, 4], [-1, 4]])
+    | JSON_VALUES,
+    "datatype": st.sampled_from([*DTYPES, "BYTES", "fp32", ""]) | JSON_VALUES,
+    "data": st.lists(JSON_VALUES, min_size=4, max_size=4)
+    | st.lists(st.integers(-(2**63), 2**64 - 1) | st.floats(), min_size=3, max_size=5)
+    | st.sampled_from([[[1, 2, 3, 4]], [True] * 4, [1000] * 4, ["0.5"] * 4, [1e300] * 4])
+    | JSON_VALUES,
+    "parameters": st.fixed_dictionaries({"binary_data_size": JSON_VALUES}) | JSON_VALUES,
+    "extra": JSON_VALUES,
+}
+
+
+@settings(max_examples=400)
+@given(data=st.data(), binary=st.booleans())
+def test_mutated_valid_requests_decode_or_raise_bad_request(data: st.DataObject, binary: bool) -> None:
+    """Start from a valid request and break one or more fields, so the decoder's deeper checks run."""
+    tensor: dict[str, object] = {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
+    for field in data.draw(st.sets(st.sampled_from(sorted(FIELDS)), min_size=1, max_size=3)):
+        if data.draw(st.booleans()):
+            tensor.pop(field, None)
+        else:
+            tensor[field] = data.draw(FIELDS[field])
+    header: dict[str, object] = {"inputs": [tensor]}
+    if data.draw(st.booleans()):
+        header[data.draw(st.sampled_from(["outputs", "parameters", "id"]))] = data.draw(JSON_VALUES)
+    blob = b""
+    if binary:
+        blob = data.draw(st.binary(max_size=40) | st.just(np.arange(4, dtype="<f4").tobytes()))
+        tensor.pop("data", None)
+        tensor["parameters"] = {"binary_data_size": data.draw(st.just(len(blob)) | JSON_VALUES)}
+    head = orjson.dumps(header)
+    try:
+        req = decode_v2(head + blob, len(head) if binary else None, SIG)
+    except BadRequest as exc:
+        assert 400 <= exc.status < 500 and "\n" not in str(exc)
+    else:
+        assert req.x.dtype == np.float32 and req.x.shape[1:] == (4,) and np.isfinite(req.x).all()

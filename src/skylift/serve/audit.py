@@ -1,0 +1,37 @@
+"""The audit log: one JSON line per admin action (whatever its outcome) and per auth failure."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+class AuditLog:
+    """Appends to a file shared by every replica; never records a key, only its name."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, scope: dict[str, Any], key: str | None, outcome: str, status: int) -> None:
+        client = scope.get("client") or ("", 0)
+        line = orjson.dumps(
+            {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "key": key,
+                "method": scope["method"],
+                "route": scope["path"][:200],
+                "status": status,
+                "outcome": outcome[:300],
+                "client": f"{client[0]}:{client[1]}",
+            }
+        )
+        # O_APPEND: each line lands whole even with several replicas writing.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line + b"\n")
+        finally:
+            os.close(fd)
