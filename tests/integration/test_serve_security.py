@@ -240,7 +240,7 @@ def test_tls_self_signed_with_a_verifying_client(home: Path, keys: dict[str, str
 
 def test_rate_limit_is_shared_by_replicas_and_overridable_per_key(home: Path, keys: dict[str, str]) -> None:
     fast = _keys(
-        home, "create", "--name", "bulk", "--scope", "predict", "--rate-limit", "1000"
+        home, "create", "--name", "bulk", "--scope", "predict", "--rate-limit", "60000/m"
     ).stdout.strip()
     with running(home, M, "--replicas", "2", "--rate-limit", "5/s", key=keys["app"]) as s:
         time.sleep(1.1)  # let the readiness probes' tokens refill

@@ -8,6 +8,7 @@ import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from skylift.cli._serve import rate_arg
 from skylift.errors import SpecError
 
 if TYPE_CHECKING:
@@ -70,7 +71,11 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--scope", default="predict", help="comma list of predict, metrics, admin")
     p.add_argument("--expires", help="lifetime, e.g. 30d, 12h (default: never)")
-    p.add_argument("--rate-limit", type=float, help="requests/s for this key (default: the server's)")
+    p.add_argument(
+        "--rate-limit",
+        type=rate_arg,
+        help="e.g. 100/s, 6000/m or 100 (requests/s) for this key (default: the server's)",
+    )
     p.set_defaults(run=_key_create)
     p = ks.add_parser(
         "list", parents=[common], help="names, scopes and expiry of the API keys (never the keys)"

@@ -25,7 +25,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch", help="inference engine")
     p.add_argument(
         "--rate-limit",
-        type=_rate,
+        type=rate_arg,
         default=100.0,
         help="requests per API key, all replicas: 100/s (default), 6000/m, 360000/h (0: off)",
     )
@@ -49,7 +49,8 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(run=_serve)
 
 
-def _rate(text: str) -> float:
+def rate_arg(text: str) -> float:
+    """argparse type of --rate-limit: 100, 100/s, 6000/m, 360000/h -> requests per second."""
     from skylift.errors import SpecError
     from skylift.serve.ratelimit import parse_rate
 
