@@ -144,14 +144,53 @@ class MemoryCache(ResponseCache):
         return {**self._counters(), "bytes": self._bytes, "entries": len(self._entries)}
 
 
-class RedisCache(ResponseCache):
-    """A cache shared by replicas and hosts in one Redis database, entries expiring after `ttl_s`.
+# The byte budget in Redis, kept by scripts so that replicas and hosts sharing the database update
+# it atomically. Beside the entries: a sorted set of entry names by last use (`lru`), a hash of
+# their sizes (`sizes`), the summed size (`bytes`) and a use counter (`clock`).
+_PUT = """
+local name, value, budget = KEYS[1], ARGV[1], tonumber(ARGV[2])
+local size = #name + #value
+local old = tonumber(redis.call('HGET', KEYS[4], name) or '0')
+redis.call('SET', name, value, 'PX', ARGV[3])
+redis.call('HSET', KEYS[4], name, size)
+redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[5]), name)
+local total = redis.call('INCRBY', KEYS[3], size - old)
+while total > budget do
+  local victim = redis.call('ZPOPMIN', KEYS[2])
+  if #victim == 0 then redis.call('SET', KEYS[3], 0) break end
+  local vsize = tonumber(redis.call('HGET', KEYS[4], victim[1]) or '0')
+  redis.call('HDEL', KEYS[4], victim[1])
+  redis.call('UNLINK', victim[1])
+  total = redis.call('DECRBY', KEYS[3], vsize)
+end
+"""
+_GET = """
+local value = redis.call('GET', KEYS[1])
+if value then redis.call('ZADD', KEYS[2], 'XX', redis.call('INCR', KEYS[3]), KEYS[1]) end
+return value
+"""
+_DROP = """
+for _, name in ipairs(ARGV) do
+  local size = tonumber(redis.call('HGET', KEYS[2], name) or '0')
+  redis.call('HDEL', KEYS[2], name)
+  redis.call('ZREM', KEYS[1], name)
+  redis.call('UNLINK', name)
+  redis.call('DECRBY', KEYS[3], size)
+end
+"""
+# Model names never hold a NUL, so these cannot collide with an entry's name.
+_LRU, _SIZES, _BYTES, _CLOCK = (REDIS_PREFIX + b"\0" + k for k in (b"lru", b"sizes", b"bytes", b"clock"))
 
-    Redis bounds its own memory (`maxmemory`, the operator's business); here `max_bytes` only caps
-    one entry at `max_bytes // 16`. A dead or hung Redis costs one `timeout_s` wait, after which
-    Redis is skipped (every call a miss) for `retry_s`; the outage and the recovery are each logged
-    once to stderr, and `healthy` is 0 in `stats()` meanwhile. `stats()` has no `bytes`/`entries`:
-    the database is shared by all replicas, and Redis' INFO reports it better than any one replica.
+
+class RedisCache(ResponseCache):
+    """A cache shared by replicas and hosts in one Redis database, LRU within `max_bytes`.
+
+    The budget counts entry names and values, like `MemoryCache` (Redis' own per-key overhead and
+    the LRU bookkeeping are not counted); entries also expire after `ttl_s`. A dead or hung Redis
+    costs one `timeout_s` wait, after which Redis is skipped (every call a miss) for `retry_s`; the
+    outage and the recovery are each logged once to stderr, and `healthy` is 0 in `stats()`
+    meanwhile. `stats()` has no `bytes`/`entries`: the database is shared by all replicas, and
+    Redis' INFO reports it better than any one replica.
     """
 
     def __init__(
@@ -184,13 +223,14 @@ class RedisCache(ResponseCache):
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),
         )
+        self._put, self._get, self._drop = (self._client.register_script(s) for s in (_PUT, _GET, _DROP))
         self._ttl_ms = max(1, int(ttl_s * 1000))
         self._retry_s = retry_s
         self._skip_until = 0.0  # time.monotonic() before which Redis is not tried
         self.healthy = True
 
     async def get(self, key: bytes) -> bytes | None:
-        value = await self._call(lambda c: c.get(REDIS_PREFIX + key))
+        value = await self._call(lambda c: self._get(keys=[REDIS_PREFIX + key, _LRU, _CLOCK]))
         if not isinstance(value, bytes):
             self.misses += 1
             return None
@@ -199,9 +239,10 @@ class RedisCache(ResponseCache):
 
     async def put(self, key: bytes, value: bytes) -> None:
         name = REDIS_PREFIX + key
-        if len(name) + len(value) > self.max_bytes // 16:
+        if len(name) + len(value) > self.max_bytes:
             return
-        await self._call(lambda c: c.set(name, value, px=self._ttl_ms))
+        keys = [name, _LRU, _BYTES, _SIZES, _CLOCK]
+        await self._call(lambda c: self._put(keys=keys, args=[value, self.max_bytes, self._ttl_ms]))
 
     async def invalidate(self, model: str) -> None:
         pattern = REDIS_PREFIX + _glob_escape(model).encode() + b":*"
@@ -212,10 +253,10 @@ class RedisCache(ResponseCache):
             async for name in client.scan_iter(match=pattern, count=1000):
                 batch.append(name)
                 if len(batch) >= 500:
-                    await client.unlink(*batch)
+                    await self._drop(keys=[_LRU, _SIZES, _BYTES], args=batch)
                     batch.clear()
             if batch:
-                await client.unlink(*batch)
+                await self._drop(keys=[_LRU, _SIZES, _BYTES], args=batch)
 
         await self._call(drop)
 

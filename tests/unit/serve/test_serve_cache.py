@@ -188,24 +188,33 @@ def test_stats_count_hits_and_misses(use: Callable[..., None]) -> None:
 # ---- in memory -----------------------------------------------------------------------------------
 
 
-def test_memory_evicts_least_recently_used_by_bytes() -> None:
-    async def body() -> None:
-        keys = [_key(seed=i) for i in range(4)]
-        size = len(keys[0]) + 100  # every entry: key + 100-byte value
-        cache = MemoryCache(3 * size + 50)
+def test_evicts_least_recently_used_by_bytes(use: Callable[..., None]) -> None:
+    keys = [_key(seed=i) for i in range(4)]
+    size = len(b"skylift:cache:" + keys[0]) + 100  # every entry: its (Redis) name + a 100-byte value
+
+    async def body(cache: ResponseCache) -> None:
         for k in keys[:3]:
             await cache.put(k, b"v" * 100)
         assert await cache.get(keys[0]) is not None  # keys[0] becomes the most recent
         await cache.put(keys[3], b"v" * 100)
         assert await cache.get(keys[1]) is None  # the least recent went
         assert all([await cache.get(k) for k in (keys[0], keys[2], keys[3])])
-        assert cache.stats()["bytes"] == 3 * size and cache.stats()["entries"] == 3
         # One large entry pushes out as many old ones as it needs.
         await cache.put(keys[1], b"v" * (2 * size))
-        assert cache.stats()["entries"] == 1 and cache.stats()["bytes"] <= cache.max_bytes
-        # An entry of exactly the budget fits.
-        await cache.put(keys[0], b"v" * (cache.max_bytes - len(keys[0])))
-        assert await cache.get(keys[0]) is not None and cache.stats()["bytes"] == cache.max_bytes
+        assert [await cache.get(k) is not None for k in keys] == [False, True, False, False]
+
+    use(body, 3 * size + 50)
+
+
+def test_memory_counts_its_bytes() -> None:
+    async def body() -> None:
+        cache = MemoryCache(1000)
+        for i in range(30):
+            await cache.put(_key(seed=i), b"v" * 100)
+        entry = len(_key()) + 100
+        assert cache.stats()["entries"] == 1000 // entry and cache.stats()["bytes"] == (1000 // entry) * entry
+        await cache.put(_key(seed=0), b"v" * (1000 - len(_key())))  # exactly the budget fits
+        assert await cache.get(_key(seed=0)) is not None and cache.stats()["bytes"] == 1000
 
     asyncio.run(body())
 
@@ -214,25 +223,57 @@ def test_memory_evicts_least_recently_used_by_bytes() -> None:
 
 
 @needs_redis
-def test_redis_keys_are_namespaced_with_ttl_and_capped_per_entry(redis_server: RedisServer) -> None:
+def test_redis_keys_are_namespaced_and_expire(redis_server: RedisServer) -> None:
     assert redis_server.command(b"FLUSHALL") == b"+OK"
     key = cache_key("mnist-mlp", 3, np.zeros((1, 4), np.float32), b"")
 
     async def body() -> None:
-        cache = RedisCache(redis_server.url, max_bytes=16 * 1000, ttl_s=60)
+        cache = RedisCache(redis_server.url, max_bytes=1000, ttl_s=60)
         try:
             name = b"skylift:cache:" + key
-            await cache.put(key, b"v" * (1000 - len(name)))  # exactly the cap: stored
-            await cache.put(_key(), b"v" * 1000)  # over max_bytes / 16: not stored
-            assert redis_server.command(b"DBSIZE") == b":1"
+            await cache.put(key, b"v" * (1000 - len(name)))  # exactly the budget: stored
+            await cache.put(_key(), b"v" * 1000)  # over the budget: not stored
+            assert await cache.get(key) is not None and await cache.get(_key()) is None
             assert redis_server.command(b"EXISTS", name) == b":1"
             assert name.startswith(b"skylift:cache:mnist-mlp:3:")
+            # Every key the cache wrote (the entry and its LRU bookkeeping) is under the prefix.
+            assert redis_server.command(b"KEYS", b"skylift:cache:*") == redis_server.command(
+                b"DBSIZE"
+            ).replace(b":", b"*")
             ttl_ms = int((redis_server.command(b"PTTL", name) or b":0")[1:])
             assert 0 < ttl_ms <= 60_000
         finally:
             await cache.close()
 
     asyncio.run(body())
+
+
+@needs_redis
+def test_replicas_sharing_redis_share_one_byte_budget(redis_server: RedisServer) -> None:
+    """Two caches on one database (two replicas) never hold more than the budget between them."""
+    import redis
+
+    assert redis_server.command(b"FLUSHALL") == b"+OK"
+    budget = 20_000
+
+    async def body() -> None:
+        a, b = RedisCache(redis_server.url, budget), RedisCache(redis_server.url, budget)
+        try:
+            await asyncio.gather(
+                *(c.put(_key(seed=i), b"v" * (100 + i)) for i in range(300) for c in ((a, b)[i % 2],))
+            )
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(body())
+    client = redis.Redis.from_url(redis_server.url)
+    names = list(client.scan_iter(match=b"skylift:cache:m:*"))
+    held = sum(len(n) + int(client.strlen(n)) for n in names)
+    assert 0 < held <= budget
+    assert int(client.get(b"skylift:cache:\0bytes") or 0) == held  # the shared count is exact
+    assert client.zcard(b"skylift:cache:\0lru") == client.hlen(b"skylift:cache:\0sizes") == len(names)
+    client.close()
 
 
 @needs_redis
@@ -246,7 +287,13 @@ def test_redis_invalidate_scans_in_batches(redis_server: RedisServer) -> None:
                 await cache.put(_key("big", 1, options=str(i).encode()), b"v")
             await cache.put(_key("small", 1), b"v")
             await cache.invalidate("big")
-            assert redis_server.command(b"DBSIZE") == b":1"
+            assert redis_server.command(b"KEYS", b"skylift:cache:[a-z]*") == b"*1"
+            assert await cache.get(_key("small", 1)) == b"v"
+            import redis
+
+            with redis.Redis.from_url(redis_server.url) as client:  # the dropped entries left the budget
+                small = b"skylift:cache:" + _key("small", 1)
+                assert int(client.get(b"skylift:cache:\0bytes") or 0) == len(small) + 1
         finally:
             await cache.close()
 
