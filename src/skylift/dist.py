@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 
@@ -22,3 +25,22 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+
+@contextlib.contextmanager
+def agent_store(shared: bool) -> Iterator[None]:
+    """Whether the workers an elastic agent starts now share the agent's rendezvous store.
+
+    Set for one launch and restored after it, so that one launcher's choice never leaks into a
+    later launch in the same process (or into the environment of its children).
+    """
+    name = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
+    before = os.environ.get(name)
+    os.environ[name] = "0" if shared else "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before

@@ -219,6 +219,7 @@ def test_an_exception_on_one_rank_restarts_the_workers_and_the_run_completes(hom
         spec, Placement(workers=2), home=home, run_id="exc", epoch_hook=("ddp_hooks:crash_once", hooks)
     )
     assert Path(hooks).exists()  # rank 0 did raise at epoch 2
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" not in os.environ  # the launch's setting did not leak
     assert result is not None and [h["epoch"] for h in result.history] == [1, 2, 3, 4]
     assert _epochs(home / "runs" / "exc") == [1, 2, 3, 4]
 

@@ -54,7 +54,12 @@ def _skylift(folder: Path, *args: str, source: str = "x.npy") -> subprocess.Pope
 
 
 def _finish(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=timeout)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # leave no workers behind for the next test
+        proc.communicate()
+        raise
     return proc.returncode, out, err
 
 
@@ -125,7 +130,10 @@ def test_a_killed_worker_is_restarted_and_the_run_completes(env: tuple[Path, nn.
     assert out.read_bytes() == whole.read_bytes()
 
 
-def test_two_nodes_on_loopback(env: tuple[Path, nn.Module]) -> None:
+def test_two_nodes_on_loopback(env: tuple[Path, nn.Module], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Whatever the user's environment says, the workers must share the agent's store: with sharing
+    # off, rank 0's worker hosts it and may take it away while another node still reads (a hang).
+    monkeypatch.setenv("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     folder, module = env
     out = folder / "nodes.parquet"
     common = (

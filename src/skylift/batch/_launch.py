@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from skylift.batch._job import PredictJob, check_options, check_output, open_job
 from skylift.batch._job import output_format as format_of
+from skylift.dist import agent_store
 from skylift.errors import SkyliftError, SpecError
 from skylift.home import skylift_home
 
@@ -261,9 +262,12 @@ def _agent(
         start_method=method,
     )
     try:
-        returned: dict[int, RankResult] = elastic_launch(config, work)(
-            job, node_rank, threads, progress, key, model
-        )
+        # The workers keep their board in the agent's store, which outlives every worker: with
+        # sharing off, rank 0's worker would host it and take it away while the others still read.
+        with agent_store(shared=True):
+            returned: dict[int, RankResult] = elastic_launch(config, work)(
+                job, node_rank, threads, progress, key, model
+            )
         return returned
     except SignalException:  # SIGTERM/SIGINT: the agent has already stopped every worker
         raise KeyboardInterrupt from None

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from skylift.dist import agent_store
 from skylift.errors import SkyliftError, SpecError
 from skylift.home import skylift_home
 from skylift.spec import JobSpec, spec_hash
@@ -238,11 +239,10 @@ def _agent(
     args += ["--progress"] if progress else []
     args += ["--key-file", str(Path(key_file).resolve())] if key_file else []
     args += ["--epoch-hook", *epoch_hook] if epoch_hook else []
-    # The agent's shared store outlives a restart, and gloo would read the dead workers'
-    # addresses left in it; with sharing off, every attempt's rank 0 hosts a fresh store.
-    os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     try:
-        with _agent_log(logs / "agent.log", p.max_restarts, fatal):
+        # The agent's shared store outlives a restart, and gloo would read the dead workers'
+        # addresses left in it; with sharing off, every attempt's rank 0 hosts a fresh store.
+        with agent_store(shared=False), _agent_log(logs / "agent.log", p.max_restarts, fatal):
             elastic_launch(config, sys.executable)(*args)
     except SignalException:  # SIGTERM/SIGINT: the agent has already stopped every worker
         raise KeyboardInterrupt from None
