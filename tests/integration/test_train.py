@@ -87,9 +87,12 @@ def test_killed_run_resumes_to_identical_weights(home: Path) -> None:
     victim.wait()
     done = len(metrics.read_text().splitlines())
     assert 3 <= done < epochs, "the run must be cut mid-way"
+    checkpoints = home / "runs" / "cut" / "checkpoints"
+    (checkpoints / ".last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")  # as a kill mid-save leaves
 
     resumed = _cli(home, "train", "--resume", "cut")
     assert resumed.wait(timeout=300) == 0
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.pt", "last.pt"]  # the partial is gone
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
     a = load(home / "runs" / "full" / "checkpoints" / "last.pt")

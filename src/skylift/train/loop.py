@@ -97,6 +97,7 @@ def _prepare_run(spec: JobSpec, home: Path, run_id: str | None) -> tuple[RunDir,
     run = RunDir.under(home, run_id or new_run_id(spec.name))
     check_reopen(spec, run)
     if run.spec.exists():
+        run.remove_partial_writes()
         return run, checkpoint.load(run.last) if run.last.exists() else None
     run.path.mkdir(parents=True, exist_ok=True)
     _atomic.write_text(run.spec, spec.to_yaml())

@@ -69,6 +69,15 @@ class RunDir:
         """Rewrite metrics.jsonl from the checkpointed history, so each epoch appears exactly once."""
         _atomic.write_text(self.metrics, "".join(json.dumps(row, sort_keys=True) + "\n" for row in history))
 
+    def remove_partial_writes(self) -> None:
+        """Delete temp files of writes a killed process left (`.NAME.*.tmp`, see `_atomic`).
+
+        Called by the one process reopening the run, so no writer of this run is alive.
+        """
+        for folder in (self.path, self.path / "checkpoints"):
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+
     def read_summary(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.summary.read_text())
         return data
