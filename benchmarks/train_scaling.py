@@ -47,6 +47,7 @@ def side_by_side(spec: JobSpec, home: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved runs per setting (medians)")
     args = ap.parse_args()
     base = [f"train.epochs={args.epochs}", "train.threads=1", "data.test_split=0"]
     cases = [
@@ -59,21 +60,27 @@ def main() -> None:
         for model, kind, overrides, per_worker in cases:
             one = load_spec(EXAMPLE, [*overrides, f"train.batch_size={per_worker or 64}"])
             two = load_spec(EXAMPLE, [*overrides, f"train.batch_size={2 * per_worker or 64}"])
-            r1 = samples_per_s(one, 1, Path(tmp))
-            r2 = samples_per_s(two, 2, Path(tmp))
-            free = side_by_side(one, Path(tmp)) if kind == "weak" else None
-            rows.append((model, kind, one.train.batch_size, two.train.batch_size, r1, r2, free))
-    print(f"torch {torch.__version__}; gloo; 1 thread per worker; epochs={args.epochs}; builtin:digits28")
+            runs = []
+            for _ in range(args.repeat):  # interleaved: a slow minute on a shared VM hits every setting
+                free = side_by_side(one, Path(tmp)) if kind == "weak" else 0.0
+                runs.append((samples_per_s(one, 1, Path(tmp)), samples_per_s(two, 2, Path(tmp)), free))
+            r1, r2, free = (statistics.median(r[i] for r in runs) for i in range(3))
+            effs = sorted(r[1] / (2 * r[0]) for r in runs)
+            rows.append((model, kind, one.train.batch_size, two.train.batch_size, r1, r2, free, effs))
+    print(
+        f"torch {torch.__version__}; gloo; 1 thread per worker; epochs={args.epochs}; builtin:digits28; "
+        f"medians of {args.repeat} interleaved runs"
+    )
     print(
         "| model | scaling | batch 1w | batch 2w | 1w samples/s | 2w samples/s | 2w / 1w | eff. "
-        "| no-sync ceiling: 2 x 1w side by side | ceiling eff. |"
+        "| eff. per run | no-sync ceiling: 2 x 1w side by side | ceiling eff. |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for model, kind, b1, b2, r1, r2, free in rows:
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for model, kind, b1, b2, r1, r2, free, effs in rows:
         ratio = r2 / r1
         ceiling = f"{free:,.0f} | {free / (2 * r1):.2f}" if free else "- | -"
         cells = f"| {model} | {kind} | {b1} | {b2} | {r1:,.0f} | {r2:,.0f} | {ratio:.2f}x | {ratio / 2:.2f}"
-        print(f"{cells} | {ceiling} |")
+        print(f"{cells} | {' / '.join(f'{e:.2f}' for e in effs)} | {ceiling} |")
 
 
 if __name__ == "__main__":
