@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from skylift.cli import main
+from skylift.security.apikeys import KeyStore
 from tests.conftest import EXAMPLE
 
 
@@ -40,6 +41,8 @@ def test_quickstart_trains_and_reports_metrics(home: Path) -> None:
     # over TLS with a fresh API key, and the curl command it prints worked against the server
     assert "Authorization: Bearer sk_" in out.stdout and "--cacert" in out.stdout
     assert '-> {"model_name":"mnist-mlp"' in out.stdout
+    (key,) = KeyStore(home / "keys.json").infos()  # a key for trying things: it expires
+    assert key.name.startswith("quickstart-") and key.expires is not None
 
 
 def test_train_then_evaluate_prints_tables_and_writes_confusion_png(home: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import ssl
 import subprocess
@@ -72,7 +73,9 @@ def serve_and_query(console: Any, ref: str, home: Path, x: Any, y: Any, classes:
 
     from skylift.security.apikeys import KeyStore, keys_file
 
-    key, info = KeyStore(keys_file(home)).create(f"quickstart-{int(time.time())}", ("predict",))
+    # A unique name, and a week's life: quickstart keys are for trying things, not for keeping.
+    name = f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    key, info = KeyStore(keys_file(home)).create(name, ("predict",), expires_in=7 * 86400)
     model = ref.split(":")[0].split("@")[0]
     with tempfile.TemporaryDirectory(prefix="skylift-quickstart-") as tmp:
         proc, url, tls = _start(ref, home, Path(tmp) / "serve.log")
@@ -121,7 +124,7 @@ def serve_and_query(console: Any, ref: str, home: Path, x: Any, y: Any, classes:
         table.add_row(str(i), label, f"{confidence:.3f}", truth, "ok" if label == truth else "[red]wrong[/]")
     console.print(table)
     console.print(f"{right}/{len(y)} correct over HTTPS")
-    console.print(f"API key {info.name!r} (scope predict, printed once): {key}")
+    console.print(f"API key {info.name!r} (scope predict, expires in 7 days, printed once): {key}")
     console.print("the same request with curl, while the server ran:", highlight=False)
     console.print(curl, highlight=False, soft_wrap=True)
     if answered:
