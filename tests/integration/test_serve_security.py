@@ -67,10 +67,10 @@ def test_keys_are_shown_once_and_stored_hashed(home: Path, keys: dict[str, str])
     text = store.read_text()
     assert stat.S_IMODE(store.stat().st_mode) == 0o600
     for key in keys.values():
-        assert key.startswith("sk_") and key not in text and key.split("_")[2] not in text
+        assert key.startswith("sk_") and key not in text and key.split("_", 2)[2] not in text
     listing = _keys(home, "list")
     assert listing.returncode == 0 and "app" in listing.stdout and "root" in listing.stdout
-    assert not any(k.split("_")[2][:10] in listing.stdout for k in keys.values())
+    assert not any(k.split("_", 2)[2][:10] in listing.stdout for k in keys.values())
     bad = _keys(home, "create", "--name", "x", "--scope", "root")
     assert bad.returncode == 2 and "--scope takes a comma list" in bad.stderr
 
@@ -202,7 +202,7 @@ def test_audit_log_records_failures_and_admin_actions_without_keys(
     )
     assert any(e["key"] is None and e["outcome"] == "denied: no API key" for e in lines)
     text = (home / "audit.log").read_text()
-    assert not any(k.split("_")[2] in text for k in keys.values())
+    assert not any(k.split("_", 2)[2] in text for k in keys.values())
 
 
 def test_tls_self_signed_with_a_verifying_client(home: Path, keys: dict[str, str]) -> None:
@@ -410,7 +410,7 @@ def test_keys_never_appear_in_metrics_logs_or_errors(
     home: Path, server: Server, keys: dict[str, str]
 ) -> None:
     app, key_id = keys["app"], keys["app"].split("_")[1]
-    secrets = [k.split("_")[2] for k in keys.values()]
+    secrets = [k.split("_", 2)[2] for k in keys.values()]
     wrong = f"sk_{key_id}_{'B' * 43}"
     replies = [
         server.request("POST", f"/v2/models/{M}/infer", ONE_ROW.encode(), {"Authorization": f"Bearer {app}"}),

@@ -166,10 +166,7 @@ class App:
     ) -> None:
         action = route.name.rsplit("/", 1)[-1]
         outcome = f"ok: {action}" if status < 400 else f"failed: {action}: {orjson.loads(body)['error']}"
-        try:
-            self.audit.write(scope, key.name if key else None, outcome, status)
-        except OSError as exc:  # the action is done; say loudly that its record is missing
-            _log(f"cannot write the audit log {self.audit.path}: {exc.strerror}")
+        self.audit.write(scope, key.name if key else None, outcome, status)
 
     async def _read(self, scope: dict[str, Any], receive: Receive) -> bytes:
         limit = self.config.max_body_bytes

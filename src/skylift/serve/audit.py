@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,23 @@ class AuditLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._failing = False
 
     def write(self, scope: dict[str, Any], key: str | None, outcome: str, status: int) -> None:
+        """Append one line; a log that cannot be written is said on stderr (once per outage) and the
+        request is answered all the same: an unwritable disk must not turn 401s into 500s."""
+        try:
+            self._append(scope, key, outcome, status)
+        except OSError as exc:
+            if not self._failing:
+                print(
+                    f"skylift serve: cannot write the audit log {self.path}: {exc.strerror}", file=sys.stderr
+                )
+            self._failing = True
+        else:
+            self._failing = False
+
+    def _append(self, scope: dict[str, Any], key: str | None, outcome: str, status: int) -> None:
         client = scope.get("client") or ("", 0)
         line = orjson.dumps(
             {

@@ -8,8 +8,11 @@ interval. A swapped-out model finishes the requests already queued on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -163,24 +166,36 @@ class Repository:
             self.generation = generation
         self.ready = True
 
+    @contextlib.contextmanager
+    def _changing_state(self) -> Iterator[dict[str, dict[str, Any]]]:
+        """The shared models, read under a lock for changing; written back when the block ends.
+
+        Replicas change the state on admin requests: without the lock, two loads at the same moment
+        on two replicas would each write their own read, and one load would be lost.
+        """
+        with open(self.state_path.with_name(self.state_path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # held for a read and a write of a small file
+            _, models = self.read_state()
+            yield models
+            self.generation = self.write_state(models)
+
     async def admin_load(self, requested: str) -> ServedModel:
         """Load (or reload, re-resolving an alias) `requested` on every replica."""
         name, version = self.resolve(requested)
-        _, models = self.read_state()
-        models[name] = {"ref": requested, "version": version}
+        want = {"ref": requested, "version": version}
         # Loaded here first: a version that fails to load is never handed to the other replicas.
-        await self.apply(models)
-        self.generation = self.write_state(models)
+        await self.apply({**self.read_state()[1], name: want})
+        with self._changing_state() as models:
+            models[name] = want
+        await self.apply(models)  # what other replicas changed meanwhile
         return self.models[name]
 
     async def admin_unload(self, name: str) -> None:
-        _, models = self.read_state()
-        if name not in models:
-            raise ModelNotFound(f"model {name!r} is not loaded")
-        del models[name]
-        generation = self.write_state(models)
+        with self._changing_state() as models:
+            if name not in models:
+                raise ModelNotFound(f"model {name!r} is not loaded")
+            del models[name]
         await self.apply(models)
-        self.generation = generation
 
     async def watch(self, cache: ResponseCache | None = None, interval_s: float = 0.5) -> None:
         """Follow the shared state; publish metrics (queue depth, cache counters) as it goes."""

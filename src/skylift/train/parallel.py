@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 PG_TIMEOUT_S = 120
 INIT_WATCHDOG_S = 60.0  # joining the group takes ~1 s; a minute means it is stuck
 INIT_HUNG_EXIT = 75  # exit code of a worker whose group join hung (EX_TEMPFAIL)
+FINISH_WAIT_S = 3600  # how long the other ranks wait for rank 0's end of the run
 
 
 def init_from_env(backend: str) -> DistInfo:
@@ -65,7 +66,12 @@ def shutdown(finished: bool) -> None:
     if not dist.is_initialized():
         return
     if finished:
-        dist.barrier()
+        # Rank 0 may still be scoring the test set and registering the model: longer than the
+        # group's 120 s timeout for a big model, so this wait has its own (gloo; NCCL waits as set).
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=timedelta(seconds=FINISH_WAIT_S))
+        else:
+            dist.barrier()
     dist.destroy_process_group()
 
 

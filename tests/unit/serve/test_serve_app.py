@@ -66,7 +66,7 @@ def test_an_unexpected_error_is_a_json_500_logged_without_keys_and_counted(
     assert status == 500 and body == {"error": "internal server error (logged by the server)"}
     err = capsys.readouterr().err
     assert "internal error on GET v2/models/metadata" in err and "RuntimeError: boom" in err
-    assert key not in err and key.split("_")[2] not in err and "sk_***" in err
+    assert key not in err and key.split("_", 2)[2] not in err and "sk_***" in err
     metrics = app.metrics.render()
     assert 'skylift_internal_errors_total{replica="0"} 1' in metrics
     assert 'route="v2/models/metadata",status="500"' in metrics
@@ -104,3 +104,16 @@ def test_errors_count_under_the_route_they_hit(tmp_path: Path) -> None:
     assert 'route="v2/models/metadata",status="404"' in text
     assert 'route="v2/models/infer",status="405"' in text
     assert 'route="unmatched",status="404"' in text and text.count('route="unmatched",status=') == 1
+
+
+def test_an_unwritable_audit_log_leaves_auth_answers_as_they_are(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key, _ = KeyStore(tmp_path / "keys.json").create("app", ("predict",))
+    app = _app(tmp_path)
+    (tmp_path / "audit.log").mkdir()  # writing a line to it fails with an OSError, even for root
+    for _ in range(3):
+        assert _call(app, "GET", "/v2/models/m", "sk_00000000_wrong")[0] == 401  # not a 500
+        assert _call(app, "GET", "/metrics", key)[0] == 403
+    err = capsys.readouterr().err
+    assert err.count("cannot write the audit log") == 1 and "Traceback" not in err
