@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -296,8 +295,7 @@ def _key_create(args: argparse.Namespace) -> int:
     scopes = parse_scopes(args.scope)
     expires = parse_duration(args.expires) if args.expires else None
     store = _keystore(args)
-    name = args.name if args.name is not None else f"key-{secrets.token_hex(4)}"
-    key, info = store.create(name, scopes, expires, args.rate_limit)
+    key, info = store.create(args.name, scopes, expires, args.rate_limit)
     print(key)  # stdout holds the key alone, so `KEY=$(skylift keys create ...)` works
     import sys
 

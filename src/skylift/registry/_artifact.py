@@ -275,8 +275,7 @@ def read_verified(folder: Path, name: str, version: int, key: MasterKey | None) 
     try:
         listed = _manifest.read(folder)["files"]
     except IntegrityError as exc:
-        raise_problems(where, [str(exc)])
-        raise
+        raise IntegrityError(f"{where}: {exc}; run `skylift models verify {where}`") from None
     blobs = {file: (folder / file).read_bytes() for file in listed if (folder / file).is_file()}
     found = inspect(folder, name, version, key, blobs)
     raise_problems(where, found.problems)

@@ -145,12 +145,13 @@ class KeyStore:
 
     def create(
         self,
-        name: str,
+        name: str | None,
         scopes: tuple[str, ...],
         expires_in: float | None = None,
         rate_limit: float | None = None,
     ) -> tuple[str, KeyInfo]:
-        """A new key; returns (the key, shown once) and its stored info."""
+        """A new key; returns (the key, shown once) and its stored info. No name: `key-<8 hex>`."""
+        name = name if name is not None else f"key-{secrets.token_hex(4)}"
         if not _NAME.match(name):
             raise SpecError(f"key name {name!r} is not allowed: letters, digits, '.', '_', '-' (max 64)")
         if rate_limit is not None and rate_limit <= 0:

@@ -16,7 +16,7 @@ RELOAD_S = 2.0  # created and revoked keys apply within ~2 s
 _CHALLENGE = ((b"www-authenticate", b"Bearer"),)
 
 
-class Denied(Exception):
+class Denied(AuthError):
     """401 or 403; the message names what is missing, never the key."""
 
     def __init__(self, status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:

@@ -266,20 +266,22 @@ def _agent_log(path: Path, max_restarts: int, fatal: Path) -> Iterator[None]:
     (none after a worker recorded bad input in `fatal`: those restarts end at once)."""
     import logging
 
-    class Restarts(logging.Handler):
-        failures = 0
+    failures = 0
 
+    class Restarts(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
+            # torch logs "failed (exitcode: %s) local_rank: ..." once per failed attempt
+            nonlocal failures
             if not str(record.msg).startswith("failed (exitcode") or fatal.exists():
                 return
-            Restarts.failures += 1
-            if Restarts.failures <= max_restarts:
+            failures += 1
+            if failures <= max_restarts:
                 code = record.args[0] if isinstance(record.args, tuple) else 0
                 code = code if isinstance(code, int) else 0
                 how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
                 print(
                     f"a worker {how}: restarting the workers from the last checkpoint "
-                    f"(restart {Restarts.failures} of {max_restarts})",
+                    f"(restart {failures} of {max_restarts})",
                     file=sys.stderr,
                 )
 
@@ -290,14 +292,14 @@ def _agent_log(path: Path, max_restarts: int, fatal: Path) -> Iterator[None]:
     handlers = [to_file, Restarts()]
     for h in handlers:
         logger.addHandler(h)
-    logger.propagate = False
+    propagate, logger.propagate = logger.propagate, False
     try:
         yield
     finally:
         for h in handlers:
             logger.removeHandler(h)
             h.close()
-        logger.propagate = True
+        logger.propagate = propagate
 
 
 def _fatal_error(text: str) -> SkyliftError:
