@@ -20,7 +20,7 @@ from skylift.spec import load_spec
 from skylift.train.checkpoint import load
 from skylift.train.evaluation import evaluate_checkpoint_on
 from skylift.train.launch import Placement, launch
-from tests.conftest import EXAMPLE, free_port
+from tests.conftest import EXAMPLE, finish, free_port
 
 SHORT = ("--set", "train.epochs=4", "--set", "train.threads=1")
 
@@ -38,13 +38,7 @@ def _skylift(home: Path, *args: str) -> subprocess.Popen[str]:
 
 
 def _finish(proc: subprocess.Popen[str], timeout: float = 400) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # leave no workers behind for the next test
-        proc.communicate()
-        raise
-    return proc.returncode, out, err
+    return finish(proc, timeout)
 
 
 def _epochs(run: Path) -> list[int]:

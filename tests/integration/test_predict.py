@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from torch import nn
 
-from tests.conftest import free_port
+from tests.conftest import finish, free_port
 from tests.unit.batch.conftest import features, reference, register_mlp
 
 ROWS = 20000
@@ -54,13 +54,7 @@ def _skylift(folder: Path, *args: str, source: str = "x.npy") -> subprocess.Pope
 
 
 def _finish(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # leave no workers behind for the next test
-        proc.communicate()
-        raise
-    return proc.returncode, out, err
+    return finish(proc, timeout)
 
 
 def _work_folder(out: Path) -> Path | None:
