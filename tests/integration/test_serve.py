@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -552,7 +553,7 @@ def _hammer(server: Server, stop: threading.Event, results: Counter[object], row
     while not stop.is_set():
         try:
             results[server.infer(M, x)[0]] += 1
-        except OSError as exc:
+        except (OSError, http.client.HTTPException) as exc:  # e.g. a replica killed mid-response
             results[type(exc).__name__] += 1
 
 
