@@ -9,9 +9,22 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "mnist_mlp.yaml"
+
+
+# Any JSON value, containers included: what a fuzz test puts where a request field belongs.
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=10,
+)
 
 
 def finish(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str, str]:

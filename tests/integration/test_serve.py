@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from skylift.registry import Registry
 from skylift.spec import load_spec
 from skylift.train import fit
-from tests.conftest import EXAMPLE, free_port
+from tests.conftest import EXAMPLE, JSON_VALUES, free_port
 from tests.integration.serve_helpers import Server, running
 
 M = "mnist-mlp"
@@ -413,15 +413,6 @@ def test_body_over_the_limit_is_413(server: Server) -> None:
     assert reply.startswith(b"HTTP/1.1 413") and b"limit" in reply
 
 
-JSON_VALUES = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**64 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-    max_leaves=8,
-)
 # A value of each JSON type, containers included: what a client with a type bug sends.
 WRONG_TYPES = st.sampled_from([None, True, 0, -1, 1.5, "", "FP32", [], ["FP32"], [1, 784], {}, {"a": 1}])
 FIELDS = {

@@ -23,6 +23,7 @@ from skylift.serve.codec import (
     encode_v1,
     encode_v2,
 )
+from tests.conftest import JSON_VALUES
 
 SIG = Signature((4,), ("a", "b", "c"))
 finite = st.floats(-1e6, 1e6, width=32)
@@ -143,15 +144,6 @@ def test_fields_of_the_wrong_type_are_bad_requests(field: str, value: object, me
         decode_v2(orjson.dumps({"inputs": [tensor]}), None, SIG)
 
 
-JSON_VALUES = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**64 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=6),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-    max_leaves=10,
-)
 FIELDS = {
     "name": st.sampled_from(["input", "INPUT", ""]) | JSON_VALUES,
     "shape": st.lists(st.integers(-2, 2**40), max_size=4)
