@@ -283,13 +283,57 @@ def test_a_signal_stops_every_worker(home: Path, sig: signal.Signals) -> None:
     assert not [w for w in workers if _alive(w)], "orphan workers"
 
 
-def test_workers_auto_keeps_the_mlp_in_one_process(home: Path) -> None:
-    code, out, err = _finish(
-        _skylift(home, "train", str(EXAMPLE), "--set", "train.epochs=1", "--workers", "auto")
-    )
+def _same_weights(a: Path, b: Path) -> bool:
+    ma, mb = load(a / "checkpoints" / "last.pt")["model"], load(b / "checkpoints" / "last.pt")["model"]
+    return ma.keys() == mb.keys() and all(torch.equal(t, mb[k]) for k, t in ma.items())
+
+
+def test_workers_auto_gives_the_same_model_on_an_idle_and_a_busy_machine(home: Path) -> None:
+    args = ("train", str(EXAMPLE), "--set", "train.epochs=2", "--workers", "auto", "--run-id")
+    code, idle, err = _finish(_skylift(home, *args, "idle"))
     assert code == 0, err
-    assert "workers auto: 1 (one process:" in out
-    assert "training with" not in out
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:  # both cores busy: a timed decision would see other steps than on the idle machine
+        code, busy, err = _finish(_skylift(home, *args, "busy"))
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert code == 0, err
+    for out in (idle, busy):
+        assert "workers auto: 1 (a step is ~0.0645 GFLOP: split over 2 workers" in out
+        assert "training with" not in out
+    assert _same_weights(home / "runs" / "idle", home / "runs" / "busy")
+    recorded = json.loads((home / "runs" / "busy" / "placement.json").read_text())
+    assert recorded["workers"] == 1 and recorded["reason"].startswith("workers auto: 1 (a step is")
+
+
+def test_resume_keeps_the_worker_count_the_run_started_with_and_a_finished_run_is_left_alone(
+    home: Path,
+) -> None:
+    args = ("train", str(EXAMPLE), "--set", "train.epochs=3", "--set", "train.threads=1", "--workers", "2")
+    run = home / "runs" / "cut"
+    proc = _skylift(home, *args, "--run-id", "cut")
+    _wait_for_epochs(run, 1, proc)
+    for pid in [*_children(proc.pid), proc.pid]:  # the workers and their launcher, as a lost machine
+        os.kill(pid, signal.SIGKILL)
+    _finish(proc, timeout=30)
+    assert len(_epochs(run)) < 3, "the run must be cut mid-way"
+
+    code, out, err = _finish(_skylift(home, "train", "--resume", "cut"))
+    assert code == 0, err
+    assert "workers: 2, as run cut was started" in out and "training with 2 worker(s)" in out
+    code, _, err = _finish(_skylift(home, *args, "--run-id", "calm"))
+    assert code == 0, err
+    assert _same_weights(run, home / "runs" / "calm")  # exactly as the uninterrupted run
+    assert [r["val_loss"] for r in _rows(run)] == [r["val_loss"] for r in _rows(home / "runs" / "calm")]
+
+    metrics = (run / "metrics.jsonl").read_bytes()
+    code, out, err = _finish(_skylift(home, "train", "--resume", "cut", "--workers", "1"))
+    assert (code, err) == (0, "")
+    assert out.startswith("run cut is complete: nothing to train")
+    assert "workers" not in out and "registered model: mnist-mlp:1" in out
+    assert (run / "metrics.jsonl").read_bytes() == metrics
 
 
 @pytest.mark.parametrize(

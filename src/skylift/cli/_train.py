@@ -80,16 +80,29 @@ def _console() -> Any:
 
 
 def _run_training(spec: Any, args: argparse.Namespace, run_id: str | None) -> Any:
+    from skylift.home import skylift_home
+    from skylift.train.loop import check_reopen
+    from skylift.train.run import RunDir
+
+    console = _console()
+    # The run-id checks come first: they cost milliseconds, placing costs a model build or more.
+    run = RunDir.under(skylift_home(args.home), run_id) if run_id else None
+    if run is not None:
+        check_reopen(spec, run)
+        if run.summary.is_file():
+            console.print(f"run {run.run_id} is complete: nothing to train (a new --run-id trains again)")
+            _report(console, run.read_summary(), run.path)
+            return None
     from skylift.train.launch import launch, place
     from skylift.train.progress import TrainDisplay
 
-    console = _console()
     placement = place(
         spec,
         args.workers,
         getattr(args, "nnodes", None),
         getattr(args, "node_rank", 0),
         getattr(args, "rdzv_endpoint", None),
+        run=run if run is not None and run.spec.is_file() else None,
     )
     if placement.reason:
         console.print(placement.reason)
@@ -112,7 +125,12 @@ def _run_training(spec: Any, args: argparse.Namespace, run_id: str | None) -> An
     if result is None:
         console.print("done (this node does not hold the run folder: rank 0 writes it)")
         return None
-    s = result.summary
+    _report(console, result.summary, result.run_dir)
+    return result
+
+
+def _report(console: Any, s: dict[str, Any], run_dir: Path) -> None:
+    """The end-of-run lines: best epoch, test metrics, run folder, registered version."""
     console.print(
         f"best epoch {s['best_epoch']} by {s['monitor']}: "
         + ", ".join(f"{k}={v:.4f}" for k, v in s["best"].items())
@@ -123,14 +141,13 @@ def _run_training(spec: Any, args: argparse.Namespace, run_id: str | None) -> An
             f"test ({t['n']} samples): accuracy={t['accuracy']:.4f} precision={t['precision']:.4f} "
             f"recall={t['recall']:.4f} f1={t['f1']:.4f}"
         )
-    console.print(f"run folder: {result.run_dir}")
+    console.print(f"run folder: {run_dir}")
     if s.get("registered"):
         console.print(f"registered model: [bold]{s['registered']}[/]")
-    return result
 
 
 def _train(args: argparse.Namespace) -> int:
-    from skylift.spec import load_spec
+    from skylift.spec import load_spec, spec_hash
 
     if args.resume:
         if args.run_id and args.run_id != args.resume:
@@ -144,7 +161,7 @@ def _train(args: argparse.Namespace) -> int:
 
             raise ModelNotFound(f"no run {args.resume!r} under {run.path.parent}")
         spec = load_spec(run.spec, args.overrides)
-        if args.spec and load_spec(args.spec, args.overrides) != spec:
+        if args.spec and spec_hash(load_spec(args.spec, args.overrides)) != spec_hash(spec):
             raise SpecError(f"{args.spec} differs from the spec run {args.resume} was started with")
         _run_training(spec, args, args.resume)
         return 0

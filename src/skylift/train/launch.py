@@ -8,12 +8,12 @@ import json
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from skylift import _atomic
 from skylift.dist import agent_store
 from skylift.errors import SkyliftError, SpecError
 from skylift.home import skylift_home
@@ -25,6 +25,11 @@ if TYPE_CHECKING:
 
 # 1.6 ms: the smallest gloo all_reduce measured on this 2-core machine, whatever its size.
 SYNC_FLOOR_S = 1.6e-3
+# 20 GFLOP/s: what one core sustained on the MNIST MLP's step here (13-50 GFLOP/s measured from the
+# MLP to a CNN); used to turn a step's counted FLOPs into time, never timed per run.
+CORE_FLOPS = 20e9
+# 20x: DDP pays only when each worker's step compute dwarfs the gradient sync (sync <= 5%).
+SYNC_MARGIN = 20
 
 
 @dataclass(frozen=True)
@@ -43,62 +48,85 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _step_seconds(spec: JobSpec, net: Any, x: Any, y: Any, rows: int, threads: int, steps: int = 12) -> float:
-    """Seconds of a real training step (forward, backward, optimizer) at `rows` per step."""
-    import copy
+def step_flops(net: Any, x: Any, y: Any, batch: int) -> float:
+    """FLOPs of one training step (forward + backward) at `batch` rows, counted by torch.
 
+    Counted on 2 rows and scaled (every layer's cost is linear in rows), in eval mode and with
+    autograd.grad, so the model's weights, buffers, .grad and the RNG are left as they were.
+    """
     import torch
     import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
 
-    from skylift.train.loop import _optimizer
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    was_training = net.training
+    net.eval()
     try:
-        model = copy.deepcopy(net).train()
-        opt = _optimizer(model.parameters(), spec.train.optimizer)
-        times = []
-        for i in range(steps):
-            idx = torch.arange(i * rows, (i + 1) * rows) % len(y)
-            tick = time.perf_counter()
-            loss = F.cross_entropy(model(x.index_select(0, idx)), y.index_select(0, idx))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-            times.append(time.perf_counter() - tick)
-        # The fastest step: other processes on a shared machine only ever make steps slower.
-        return min(times[2:])
+        params = [p for p in net.parameters() if p.requires_grad]
+        with FlopCounterMode(display=False) as counter:
+            loss = F.cross_entropy(net(x[:2]), y[:2])
+            torch.autograd.grad(loss, params)
     finally:
-        torch.set_num_threads(before)
+        net.train(was_training)
+    return float(counter.get_total_flops()) * batch / 2
 
 
-def choose_workers(spec: JobSpec, net: Any, x: Any, y: Any) -> tuple[int, str]:
-    """Workers for `workers: auto`, from a measured step time and the gradient-sync floor.
+def choose_workers(flops: float, batch: int, cores: int, gpus: int) -> tuple[int, str]:
+    """Workers for `workers: auto` from a step's counted FLOPs: the same answer on a busy or idle machine.
 
-    N workers pay off only when (step compute at 1 thread on B/N rows) + sync < the step of one
-    process using every core. The sync floor (1.6 ms on gloo here) does not shrink with size.
+    With GPUs (and a backend that uses them): one worker per GPU. On CPU, N workers pay only when
+    each one's share of the step (at CORE_FLOPS on its one core) is >= SYNC_MARGIN x the gradient
+    sync floor; the largest such N up to the core count (and 2 rows per worker) is chosen.
     """
-    cores = _cores()
-    if cores < 2 or spec.train.batch_size < 4:
-        return 1, f"workers auto: 1 ({cores} core{'s' if cores > 1 else ''} / batch {spec.train.batch_size})"
-    batch = spec.train.batch_size
-    one = min(_step_seconds(spec, net, x, y, batch, threads=t) for t in (cores, 1))
-    best, best_time = 1, one
+    gflop = f"{flops / 1e9:.3g} GFLOP"
+    if gpus:
+        n = max(1, min(gpus, batch // 2))
+        return n, f"workers auto: {n} (one per GPU: {gpus} GPU(s), batch {batch})"
+    need_ms = SYNC_MARGIN * SYNC_FLOOR_S * 1e3
+    best = 1
     for n in range(2, min(cores, batch // 2) + 1):
-        predicted = _step_seconds(spec, net, x, y, batch // n, threads=1) + SYNC_FLOOR_S
-        if predicted < 0.9 * best_time:  # 10%: not worth processes and rendezvous for less
-            best, best_time = n, predicted
-    return best, (
-        f"workers auto: {best} (one process: {one * 1e3:.1f} ms/step; "
-        f"{best} worker{'s' if best > 1 else ''}: ~{best_time * 1e3:.1f} ms/step incl. "
-        f">= {SYNC_FLOOR_S * 1e3:.1f} ms gradient sync)"
+        if flops / n / CORE_FLOPS >= SYNC_MARGIN * SYNC_FLOOR_S:
+            best = n
+    if best > 1:
+        share_ms = flops / best / CORE_FLOPS * 1e3
+        return best, (
+            f"workers auto: {best} (a step is ~{gflop}: ~{share_ms:.0f} ms per worker on one core, "
+            f">= {need_ms:.0f} ms, {SYNC_MARGIN}x the {SYNC_FLOOR_S * 1e3:.1f} ms gradient sync)"
+        )
+    if cores < 2:
+        return 1, f"workers auto: 1 (1 core, batch {batch})"
+    share_ms = flops / min(cores, max(batch // 2, 1)) / CORE_FLOPS * 1e3
+    return 1, (
+        f"workers auto: 1 (a step is ~{gflop}: split over {cores} workers ~{share_ms:.1f} ms each, "
+        f"under {need_ms:.0f} ms, {SYNC_MARGIN}x the {SYNC_FLOOR_S * 1e3:.1f} ms gradient sync; "
+        f"one process uses all {cores} cores)"
     )
 
 
+def recorded_workers(run: RunDir) -> int | None:
+    """The worker count a run was started with (placement.json), or None for a new run."""
+    try:
+        workers = json.loads(run.placement.read_text())["workers"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return workers if isinstance(workers, int) and workers >= 1 else None
+
+
 def place(
-    spec: JobSpec, workers: int | None, nnodes: int | None, node_rank: int, rdzv: str | None
+    spec: JobSpec,
+    workers: int | None,
+    nnodes: int | None,
+    node_rank: int,
+    rdzv: str | None,
+    run: RunDir | None = None,
 ) -> Placement:
-    """Resolve the CLI/spec placement, measuring for `workers: auto`; raises SpecError when inconsistent."""
+    """Resolve the CLI/spec placement; raises SpecError when inconsistent.
+
+    An existing `run` keeps the worker count it was started with unless `workers` is given (the
+    reason then says the count changed: batches split differently, so results differ from an
+    uninterrupted run). `workers: auto` counts a step's FLOPs instead of timing it.
+    """
+    import torch
+
     from skylift.train.evaluation import as_input
     from skylift.train.loop import setup
 
@@ -110,17 +138,24 @@ def place(
     if not 0 <= node_rank < nnodes:
         raise SpecError(f"--node-rank must be in [0, {nnodes - 1}], got {node_rank}")
     splits, input_shape, net = setup(spec)  # validates data and model before any process starts
-    chosen: int | str = workers or d.workers
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() and d.backend != "gloo" else 0
+    before = recorded_workers(run) if run is not None else None
+    chosen: int | str = workers or before or d.workers
     reason = ""
+    if run is not None and before is not None and workers is None:
+        reason = f"workers: {before}, as run {run.run_id} was started"
+    elif run is not None and before is not None and workers != before:
+        reason = (
+            f"workers: {workers}, but run {run.run_id} was started with {before}: "
+            "batches now split differently, so the result will differ from an uninterrupted run"
+        )
     if chosen == "auto":
         x, y = as_input(splits.train, input_shape)
-        chosen, reason = choose_workers(spec, net, x, y)
+        flops = step_flops(net, x, y, spec.train.batch_size)
+        chosen, reason = choose_workers(flops, spec.train.batch_size, _cores(), gpus)
     assert isinstance(chosen, int)
     world = chosen * nnodes
-    import torch
-
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if d.backend == "nccl" and not gpus:
+    if d.backend == "nccl" and not torch.cuda.is_available():
         raise SpecError("distributed.backend nccl needs GPUs and this machine has none: use gloo or auto")
     if world > 1 and d.backend != "gloo" and 0 < gpus < chosen:
         raise SpecError(
@@ -138,6 +173,13 @@ def place(
             f"({world} workers; batch norm needs 2): use batch_size >= {2 * world}"
         )
     return Placement(chosen, nnodes, node_rank, rdzv, d.max_restarts, reason)
+
+
+def record_placement(run: RunDir, p: Placement) -> None:
+    """Write runs/<id>/placement.json as each session starts: how many workers train it, and why
+    (a resume without --workers reuses the count of the session before)."""
+    run.path.mkdir(parents=True, exist_ok=True)
+    _atomic.write_json(run.placement, {"workers": p.workers, "nnodes": p.nnodes, "reason": p.reason})
 
 
 def launch(
@@ -165,6 +207,9 @@ def launch(
     home = skylift_home(home)
     key = master_key_from_env(key_file)  # fail on a bad key before training, not after
     if placement.workers == 1 and placement.nnodes == 1:
+        run_id = check_run_id(run_id or new_run_id(spec.name))
+        check_reopen(spec, RunDir.under(home, run_id))
+        record_placement(RunDir.under(home, run_id), placement)
         on_epoch = load_epoch_hook(*epoch_hook) if epoch_hook else None
         return fit(spec, home=home, run_id=run_id, observer=observer, master_key=key, on_epoch=on_epoch)
     if run_id is None:
@@ -174,6 +219,7 @@ def launch(
         run_id = f"{spec.name}-{digest}" if digest else new_run_id(spec.name)
     check_run_id(run_id)
     check_reopen(spec, RunDir.under(home, run_id))  # here, not in a worker the agent would restart
+    record_placement(RunDir.under(home, run_id), placement)
     with tempfile.TemporaryDirectory(prefix="skylift-launch-") as tmp:
         spec_file = Path(tmp) / "spec.yaml"
         spec_file.write_text(spec.to_yaml())

@@ -5,6 +5,7 @@ Shape legend: N samples, B batch rows, C classes, S... per-sample input shape.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -65,6 +66,12 @@ def _batch_bounds(n: int, batch: int, world: int = 1) -> list[tuple[int, int]]:
     if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < 2 * world:
         bounds[-2:] = [(bounds[-2][0], n)]
     return bounds
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """A 63-bit seed for one rank's epoch, spread by SHA-256 so nearby inputs share no pattern."""
+    digest = hashlib.sha256(f"{seed}/{epoch}/{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def _cuda_rng(dist: DistInfo) -> dict[str, Any]:
@@ -204,6 +211,9 @@ def fit(
     for epoch in range(first_epoch, len(history) if stopped else t.epochs + 1):
         tick = time.perf_counter()
         model.train()
+        # Dropout's draws are a function of (seed, epoch, rank): ranks draw different amounts when
+        # their slices differ by a row, so one saved RNG state could not resume every rank exactly.
+        torch.manual_seed(_epoch_seed(t.seed, epoch, dist.rank))
         perm_N = torch.randperm(n, generator=gen).to(dist.device)
         for step, (lo, hi) in enumerate(bounds):
             idx_b = perm_N[lo:hi][parallel.my_slice(hi - lo, dist)]

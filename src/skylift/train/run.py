@@ -46,6 +46,11 @@ class RunDir:
         return self.path / "spec.yaml"
 
     @property
+    def placement(self) -> Path:
+        """placement.json: the worker count the run started with, and why (see train.launch)."""
+        return self.path / "placement.json"
+
+    @property
     def metrics(self) -> Path:
         return self.path / "metrics.jsonl"
 
