@@ -926,3 +926,35 @@ def test_redis_cache_is_shared_by_replicas_and_redis_dying_fails_no_request(serv
             assert "unreachable" in s.log.read_text()
     finally:
         redis.stop()
+
+
+def test_hot_swaps_under_load_with_the_redis_cache_fail_no_request(served_home: Path) -> None:
+    """Requests in flight during a swap finish on the old version, even while one awaits Redis."""
+    from tests.unit.serve.test_serve_cache import RedisServer
+
+    redis = RedisServer(free_port())
+    redis.start()
+    # --timeout-ms 3000: a request stranded on a retired version would answer 504 within the test.
+    args = ("--no-auth", "--replicas", "1", "--cache", redis.url, "--timeout-ms", "3000")
+    try:
+        with running(served_home, f"{M}:1", *args) as s:
+            stop, results = threading.Event(), Counter[object]()
+
+            def distinct_inputs(seed: int) -> None:  # every input a cache miss: each reaches a batcher
+                while not stop.is_set():
+                    seed += 1000
+                    results[s.infer(M, _x(1, seed))[0]] += 1
+
+            workers = [threading.Thread(target=distinct_inputs, args=(i,)) for i in range(4)]
+            for w in workers:
+                w.start()
+            for version in (2, 1) * 4:
+                ref = json.dumps({"parameters": {"reference": f"{M}:{version}"}}).encode()
+                assert s.request("POST", f"/v2/repository/models/{M}/load", ref)[0] == 200
+                time.sleep(0.2)
+            stop.set()
+            for w in workers:
+                w.join()
+            assert set(results) == {200} and results[200] > 20, results
+    finally:
+        redis.stop()

@@ -225,11 +225,20 @@ def test_tls_self_signed_with_a_verifying_client(home: Path, keys: dict[str, str
             )[0]
             == 200
         )
-        # plain HTTP to the TLS port fails cleanly, and the server carries on
-        with socket.create_connection((s.host, s.port), timeout=10) as raw:
-            raw.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
-            reply = raw.recv(1024)
-        assert not reply.startswith(b"HTTP/1.1 200")
+        # plain HTTP to the TLS port gets a plain-text 400 saying so (as nginx does); the server carries on
+        for request in (
+            b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n",
+            f"POST /v2/models/{M}/infer "
+            f"HTTP/1.1\r\nHost: x\r\nContent-Length: {len(ONE_ROW)}\r\n\r\n{ONE_ROW}".encode(),
+        ):
+            with socket.create_connection((s.host, s.port), timeout=10) as raw:
+                raw.sendall(request)
+                reply = b""
+                while data := raw.recv(1024):  # the server closes the connection after its answer
+                    reply += data
+            head, _, text = reply.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: text/plain" in head.lower()
+            assert b"use https://" in text and len(text) < 200
         assert s.request("GET", "/v2/health/live")[0] == 200
         untrusting = ssl.create_default_context()
         with pytest.raises(ssl.SSLCertVerificationError):

@@ -7,12 +7,13 @@ overhead would be the largest cost after JSON parsing (see DESIGN.md section 7).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -147,7 +148,7 @@ class App:
             status, body, headers = 500, _error(str(exc)), [JSON]
         except Exception as exc:  # a bug: answer JSON, log it, count it; the worker carries on
             self.metrics.extra["internal_errors_total"] += 1
-            _log(f"internal error on {scope['method']} {route.name}", exc)
+            _log(f"internal error on {scope['method']} {route.name}: {exc}", exc)
             status, body, headers = 500, _error("internal server error (logged by the server)"), [JSON]
         if route.scope == "admin" and authorized:  # every admin action, whatever its outcome
             self._audit_admin(scope, route, key, status, body)
@@ -236,22 +237,38 @@ class App:
     async def _openapi(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
         return 200, orjson.dumps(openapi(self.auth is not None)), [JSON]
 
-    async def _infer_v2(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
+    @contextlib.contextmanager
+    def _holding(self, route: Route) -> Iterator[ServedModel]:
+        """The model version a request runs on, held until it has its answer.
+
+        A hot swap retires a version only once no request holds it, so a request that looked it up
+        before the swap finishes on it, whatever it awaits meanwhile (its body, the Redis cache).
+        """
         model = self._model(route)
-        header_length = None
-        for name, value in scope["headers"]:
-            if name == b"inference-header-content-length":
-                if not value.isdigit():
-                    raise BadRequest(f"Inference-Header-Content-Length must be a number, got {value[:20]!r}")
-                header_length = int(value)
-        batcher = model.batcher
-        batcher.arriving += 1
+        model.in_flight += 1
         try:
-            _content_type(scope, binary=header_length is not None)
-            req = codec.decode_v2(await self._read(scope, receive), header_length, model.signature)
+            yield model
         finally:
-            batcher.arriving -= 1
-        probs, cached = await self._predict(model, req.x)
+            model.in_flight -= 1
+
+    async def _infer_v2(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
+        with self._holding(route) as model:
+            header_length = None
+            for name, value in scope["headers"]:
+                if name == b"inference-header-content-length":
+                    if not value.isdigit():
+                        raise BadRequest(
+                            f"Inference-Header-Content-Length must be a number, got {value[:20]!r}"
+                        )
+                    header_length = int(value)
+            batcher = model.batcher
+            batcher.arriving += 1
+            try:
+                _content_type(scope, binary=header_length is not None)
+                req = codec.decode_v2(await self._read(scope, receive), header_length, model.signature)
+            finally:
+                batcher.arriving -= 1
+            probs, cached = await self._predict(model, req.x)
         labels = _labels(model, probs)
         body, head_len = codec.encode_v2(model.name, str(model.version), req, probs, labels)
         if head_len is None:
@@ -283,8 +300,6 @@ class App:
                 probs = await model.batcher.submit(x, deadline)
         except TimeoutError:
             raise DeadlineExceeded from None
-        except RuntimeError as exc:
-            raise Reply(500, str(exc)) from None
         if self.cache is None or key is None:
             return probs, []
         await self.cache.put(key, probs.astype("<f4", copy=False).tobytes())
@@ -300,14 +315,14 @@ class App:
         return 200, orjson.dumps({"model_version_status": [state]}), [JSON]
 
     async def _predict_v1(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
-        model = self._model(route)
-        _content_type(scope, binary=False)
-        model.batcher.arriving += 1
-        try:
-            x, columnar = codec.decode_v1(await self._read(scope, receive), model.signature)
-        finally:
-            model.batcher.arriving -= 1
-        probs, cached = await self._predict(model, x)
+        with self._holding(route) as model:
+            _content_type(scope, binary=False)
+            model.batcher.arriving += 1
+            try:
+                x, columnar = codec.decode_v1(await self._read(scope, receive), model.signature)
+            finally:
+                model.batcher.arriving -= 1
+            probs, cached = await self._predict(model, x)
         return 200, codec.encode_v1(probs, _labels(model, probs), columnar), [JSON, *cached]
 
     async def _index(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:

@@ -3,8 +3,9 @@
 Contract: a batch closes at `max_rows` rows or when `max_delay` has passed since its first row,
 but never waits when no other request is on its way (an idle server answers at once). Requests
 larger than `max_rows` are split and reassembled. More than `max_queue_rows` queued rows raise
-Overloaded (503); a request past its deadline is dropped before it costs compute (504). The model
-runs on one worker thread, so the event loop keeps decoding the next requests meanwhile.
+Overloaded (503); a request past its deadline is dropped before it costs compute (504). A request
+the model raises on fails alone with ModelFailed. The model runs on one worker thread, so the event
+loop keeps decoding the next requests meanwhile.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ class DeadlineExceeded(Exception):
     """The request's deadline passed before its rows were computed."""
 
 
+class ModelFailed(Exception):
+    """The model raised on a request's rows (its exception is the __cause__): a bug, not bad input."""
+
+
 @dataclass
 class _Item:
     x: np.ndarray
@@ -39,12 +44,15 @@ class Batcher:
         self,
         run: Callable[[np.ndarray], np.ndarray],
         *,
+        name: str,
         max_rows: int,
         max_delay_s: float,
         max_queue_rows: int,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self._run = run
+        self.name = name
+        """The model and version it runs, e.g. mnist-mlp:3, for error messages."""
         self.max_rows = max_rows
         self.max_delay_s = max_delay_s
         self.max_queue_rows = max_queue_rows
@@ -72,6 +80,8 @@ class Batcher:
     async def submit(self, x_RS: np.ndarray, deadline: float) -> np.ndarray:
         """Outputs for every row of x_RS, computed in one or more batches."""
         rows = len(x_RS)
+        if self._closing:  # swapped out, and its loop may be gone: queued rows would wait for nothing
+            raise Overloaded(f"model {self.name} was swapped out while this request waited; retry")
         if self.queued_rows + rows > self.max_queue_rows:
             raise Overloaded(f"queue full ({self.queued_rows} rows waiting, limit {self.max_queue_rows})")
         loop = asyncio.get_running_loop()
@@ -138,10 +148,12 @@ class Batcher:
         x = batch[0].x if len(batch) == 1 else np.concatenate([i.x for i in batch])
         try:
             out = await loop.run_in_executor(self._pool, self._run, x)
-        except Exception:
+        except Exception as exc:  # the model's own bug: the loop and the model thread carry on
             if len(batch) == 1:
                 if not batch[0].future.done():
-                    batch[0].future.set_exception(RuntimeError("the model failed on this request"))
+                    failed = ModelFailed(f"model {self.name} failed on this request")
+                    failed.__cause__ = exc  # its traceback goes to the server's log
+                    batch[0].future.set_exception(failed)
                 return
             # One bad request must not fail the others: run each alone.
             for item in batch:

@@ -147,8 +147,26 @@ class MemoryCache(ResponseCache):
 # The byte budget in Redis, kept by scripts so that replicas and hosts sharing the database update
 # it atomically. Beside the entries: a sorted set of entry names by last use (`lru`), a hash of
 # their sizes (`sizes`), the summed size (`bytes`) and a use counter (`clock`).
+#
+# Redis drops an expired entry by itself, but not from this bookkeeping. Every use (a put or a hit)
+# sets the entry to expire one TTL later, so the expired entries are always the least recently
+# used: a put first forgets the expired ones at the head of `lru`, so they hold no budget. At most
+# 32 per put: after a long idle spell every entry may have expired, and a script blocks the Redis
+# server (shared by every replica) while it runs; the eviction loop takes the rest, head first.
 _PUT = """
 local name, value, budget = KEYS[1], ARGV[1], tonumber(ARGV[2])
+local function forget(victim)
+  local vsize = tonumber(redis.call('HGET', KEYS[4], victim) or '0')
+  redis.call('HDEL', KEYS[4], victim)
+  redis.call('ZREM', KEYS[2], victim)
+  redis.call('UNLINK', victim)
+  return redis.call('DECRBY', KEYS[3], vsize)
+end
+for _ = 1, 32 do
+  local head = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
+  if not head or redis.call('EXISTS', head) == 1 then break end
+  forget(head)
+end
 local size = #name + #value
 local old = tonumber(redis.call('HGET', KEYS[4], name) or '0')
 redis.call('SET', name, value, 'PX', ARGV[3])
@@ -156,17 +174,17 @@ redis.call('HSET', KEYS[4], name, size)
 redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[5]), name)
 local total = redis.call('INCRBY', KEYS[3], size - old)
 while total > budget do
-  local victim = redis.call('ZPOPMIN', KEYS[2])
-  if #victim == 0 then redis.call('SET', KEYS[3], 0) break end
-  local vsize = tonumber(redis.call('HGET', KEYS[4], victim[1]) or '0')
-  redis.call('HDEL', KEYS[4], victim[1])
-  redis.call('UNLINK', victim[1])
-  total = redis.call('DECRBY', KEYS[3], vsize)
+  local victim = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
+  if not victim then redis.call('SET', KEYS[3], 0) break end
+  total = forget(victim)
 end
 """
 _GET = """
 local value = redis.call('GET', KEYS[1])
-if value then redis.call('ZADD', KEYS[2], 'XX', redis.call('INCR', KEYS[3]), KEYS[1]) end
+if value then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  redis.call('ZADD', KEYS[2], 'XX', redis.call('INCR', KEYS[3]), KEYS[1])
+end
 return value
 """
 _DROP = """
@@ -186,7 +204,8 @@ class RedisCache(ResponseCache):
     """A cache shared by replicas and hosts in one Redis database, LRU within `max_bytes`.
 
     The budget counts entry names and values, like `MemoryCache` (Redis' own per-key overhead and
-    the LRU bookkeeping are not counted); entries also expire after `ttl_s`. A dead or hung Redis
+    the LRU bookkeeping are not counted); entries also expire `ttl_s` after their last use (a hit
+    renews it), and leave the budget at the next `put`. A dead or hung Redis
     costs one `timeout_s` wait, after which Redis is skipped (every call a miss) for `retry_s`; the
     outage and the recovery are each logged once to stderr, and `healthy` is 0 in `stats()`
     meanwhile. `stats()` has no `bytes`/`entries`: the database is shared by all replicas, and
@@ -230,7 +249,8 @@ class RedisCache(ResponseCache):
         self.healthy = True
 
     async def get(self, key: bytes) -> bytes | None:
-        value = await self._call(lambda c: self._get(keys=[REDIS_PREFIX + key, _LRU, _CLOCK]))
+        keys = [REDIS_PREFIX + key, _LRU, _CLOCK]
+        value = await self._call(lambda c: self._get(keys=keys, args=[self._ttl_ms]))
         if not isinstance(value, bytes):
             self.misses += 1
             return None
@@ -248,9 +268,11 @@ class RedisCache(ResponseCache):
         pattern = REDIS_PREFIX + _glob_escape(model).encode() + b":*"
 
         async def drop(client: redis.asyncio.Redis) -> None:
-            # SCAN, not KEYS: KEYS blocks the Redis server (shared by every replica) for a whole pass.
+            # The names in `sizes`, not SCAN of the keyspace: those include expired entries, still
+            # counted in the budget. HSCAN, not HKEYS: that would block the Redis server (shared by
+            # every replica) for a whole pass.
             batch: list[bytes] = []
-            async for name in client.scan_iter(match=pattern, count=1000):
+            async for name, _ in client.hscan_iter(_SIZES, match=pattern, count=1000):
                 batch.append(name)
                 if len(batch) >= 500:
                     await self._drop(keys=[_LRU, _SIZES, _BYTES], args=batch)

@@ -1,15 +1,24 @@
 """Per-key rate limits shared by every replica on the host: token buckets in shared memory.
 
-The supervisor creates the table; each replica gets the same shared arrays and lock. A bucket
-holds up to one second of requests (burst = rate) and refills continuously.
+The supervisor creates the table; each replica gets the same shared arrays and locks the same file.
+A bucket holds up to one second of requests (burst = rate) but at least one request, so a rate
+below 1/s (`30/m`) lets a request through every 1/rate seconds; it refills continuously.
+
+The lock is an flock on a file, not a multiprocessing.Lock: the kernel releases an flock when the
+process holding it dies, so a replica killed inside `allow` (SIGKILL, the OOM killer) cannot block
+the others, whereas a semaphore would stay taken for good. Such a replica leaves at worst one slot
+half-written: one key's bucket is refilled or emptied early, and no request waits.
 """
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
+import os
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from skylift.errors import SpecError
@@ -35,38 +44,50 @@ class SharedBuckets:
     ids: Any  # RawArray of int64 key ids, 0 = empty
     tokens: Any  # RawArray of doubles
     stamps: Any  # RawArray of doubles (monotonic seconds)
-    lock: Any
+    lock_path: Path
+    """The file each replica opens for itself and flocks (a shared descriptor would share the lock)."""
 
 
-def shared_buckets() -> SharedBuckets:
+def shared_buckets(folder: Path) -> SharedBuckets:
+    """An empty table, with its lock file in `folder` (the server's private state folder)."""
     ctx = multiprocessing.get_context("spawn")
+    lock_path = folder / "ratelimit.lock"
+    lock_path.touch(mode=0o600)
     return SharedBuckets(
-        ctx.RawArray("q", SLOTS), ctx.RawArray("d", SLOTS), ctx.RawArray("d", SLOTS), ctx.Lock()
+        ctx.RawArray("q", SLOTS), ctx.RawArray("d", SLOTS), ctx.RawArray("d", SLOTS), lock_path
     )
 
 
 class RateLimiter:
+    """One replica's view of the shared buckets; `close()` releases its lock file."""
+
     def __init__(self, buckets: SharedBuckets) -> None:
         self.b = buckets
+        self._lock = os.open(buckets.lock_path, os.O_RDWR)
+
+    def close(self) -> None:
+        os.close(self._lock)
 
     def allow(self, key_id: str, rate: float) -> float:
         """0.0 if a request of `key_id` may go now (taking a token), else seconds until it may."""
         ident = int(key_id, 16) + 1  # never 0, which marks an empty slot
+        burst = max(rate, 1.0)  # a whole token per request: a smaller bucket would never hold one
         now = time.monotonic()
         b = self.b
-        with b.lock:
+        fcntl.flock(self._lock, fcntl.LOCK_EX)  # held for a few array reads and writes
+        try:
             slot = ident % SLOTS
             for probe in range(_PROBE):
                 i = (slot + probe) % SLOTS
                 if b.ids[i] == ident:
                     break
                 if b.ids[i] == 0:
-                    b.ids[i], b.tokens[i], b.stamps[i] = ident, rate, now
+                    b.ids[i], b.tokens[i], b.stamps[i] = ident, burst, now
                     break
             else:  # crowded neighbourhood: take over the stalest slot
                 i = min(((slot + p) % SLOTS for p in range(_PROBE)), key=lambda j: b.stamps[j])
-                b.ids[i], b.tokens[i], b.stamps[i] = ident, rate, now
-            tokens = min(rate, b.tokens[i] + (now - b.stamps[i]) * rate)
+                b.ids[i], b.tokens[i], b.stamps[i] = ident, burst, now
+            tokens = min(burst, b.tokens[i] + (now - b.stamps[i]) * rate)
             b.stamps[i] = now
             if tokens >= 1.0:
                 b.tokens[i] = tokens - 1.0
@@ -74,3 +95,5 @@ class RateLimiter:
             b.tokens[i] = tokens
             wait: float = (1.0 - tokens) / rate
             return wait
+        finally:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)

@@ -43,6 +43,8 @@ class ServedModel:
     signature: Signature
     batcher: Batcher
     info: dict[str, Any]
+    in_flight: int = 0
+    """Requests that looked this version up and have no answer yet; a swap retires it after them."""
 
 
 def _torch_runner(module: Any) -> Any:
@@ -110,6 +112,7 @@ class Repository:
             run(np.zeros((rows, *sig.input_shape), dtype=np.float32))
         batcher = Batcher(
             run,
+            name=f"{name}:{version}",
             max_rows=c.max_batch_rows,
             max_delay_s=c.max_delay_ms / 1000,
             max_queue_rows=c.max_queue_rows,
@@ -214,10 +217,12 @@ class Repository:
 async def _retire(model: ServedModel) -> None:
     """Stop a swapped-out model once the requests already on it are answered.
 
-    Requests that looked it up before the swap are either mid-decode (`arriving`) or queued; new
-    ones see the new model. Wait for the first, then let the batcher drain the queue (30 s at most).
+    Requests that looked it up before the swap hold it (`in_flight`) until they have their answer,
+    whatever they await meanwhile (the body, the Redis cache, the batcher); new ones see the new
+    model. Wait for them (30 s at most: a client may send its body that slowly), then stop the
+    batcher, which answers what is still queued.
     """
     deadline = time.monotonic() + 30
-    while model.batcher.arriving and time.monotonic() < deadline:
+    while model.in_flight and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     await model.batcher.stop()

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
 from skylift.errors import SkyliftError
 from skylift.serve.config import ServeConfig
@@ -50,11 +51,18 @@ def _replica(config: ServeConfig, sock: socket.socket, index: int, buckets: Shar
     repo = Repository(config, metrics)
     app = App(config, repo, metrics)
     app.limiter = RateLimiter(buckets)
+    http: Any = "httptools"
+    if config.tls_cert and config.tls_key:  # TLS by skylift.serve.https, which answers plain HTTP too
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        from skylift.serve.https import https_only
+
+        http = https_only(config.tls_cert, config.tls_key, HttpToolsProtocol)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
             loop="uvloop",
-            http="httptools",
+            http=http,
             lifespan="off",
             access_log=False,
             log_level="warning",
@@ -62,8 +70,6 @@ def _replica(config: ServeConfig, sock: socket.socket, index: int, buckets: Shar
             server_header=False,
             date_header=False,
             backlog=2048,
-            ssl_certfile=str(config.tls_cert) if config.tls_cert else None,
-            ssl_keyfile=str(config.tls_key) if config.tls_key else None,
         )
     )
     recycled = False
@@ -160,7 +166,7 @@ class Supervisor:
         self.procs: list[BaseProcess | None] = [None] * config.replicas
         self.stopping = False
         self.crashes: list[float] = []
-        self.buckets = shared_buckets()
+        self.buckets = shared_buckets(config.state_dir)
 
     def _start(self, sock: socket.socket, index: int) -> None:
         ctx = multiprocessing.get_context("spawn")

@@ -7,10 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from skylift.security.apikeys import KeyStore
 from skylift.serve.app import App
+from skylift.serve.batcher import Batcher
+from skylift.serve.codec import Signature
 from skylift.serve.config import ServeConfig
 from skylift.serve.metrics import Metrics
 from skylift.serve.repository import Repository, ServedModel
@@ -29,20 +32,26 @@ def _app(tmp_path: Path, no_auth: bool = False) -> App:
     return App(config, Repository(config, metrics), metrics)
 
 
-def _call(app: App, method: str, path: str, key: str | None = None) -> tuple[int, dict[str, Any]]:
+async def _request(
+    app: App, method: str, path: str, key: str | None = None, body: bytes = b""
+) -> tuple[int, dict[str, Any]]:
     """One request through the ASGI interface, as uvicorn makes it."""
     sent: list[dict[str, Any]] = []
     headers = [(b"authorization", f"Bearer {key}".encode())] if key else []
     scope = {"type": "http", "method": method, "path": path, "headers": headers, "client": ("127.0.0.1", 9)}
 
     async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": body, "more_body": False}
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    asyncio.run(app(scope, receive, send))
+    await app(scope, receive, send)
     return sent[0]["status"], json.loads(sent[1]["body"]) if sent[1]["body"][:1] == b"{" else {}
+
+
+def _call(app: App, method: str, path: str, key: str | None = None) -> tuple[int, dict[str, Any]]:
+    return asyncio.run(_request(app, method, path, key))
 
 
 class BrokenSignature:
@@ -71,6 +80,40 @@ def test_an_unexpected_error_is_a_json_500_logged_without_keys_and_counted(
     assert 'skylift_internal_errors_total{replica="0"} 1' in metrics
     assert 'route="v2/models/metadata",status="500"' in metrics
     assert _call(app, "GET", "/v2/health/live")[0] == 200  # the app carries on
+
+
+def _model(x_RS: np.ndarray) -> np.ndarray:
+    """A model with a bug: it fails on any batch holding a negative value."""
+    if (x_RS < 0).any():
+        raise ValueError("negative input")
+    return np.full((len(x_RS), 2), 0.5, np.float32)
+
+
+def test_a_model_that_fails_is_a_json_500_logged_with_its_version_and_counted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = _app(tmp_path, no_auth=True)
+
+    async def infer(value: float) -> tuple[int, dict[str, Any]]:
+        req = {"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [value, 1.0]}]}
+        return await _request(app, "POST", "/v2/models/m/infer", body=json.dumps(req).encode())
+
+    async def go() -> list[tuple[int, dict[str, Any]]]:
+        batcher = Batcher(_model, name="m:3", max_rows=8, max_delay_s=0.0, max_queue_rows=64)
+        app.repo.models["m"] = ServedModel("m", 3, "m@production", Signature((2,), ("a", "b")), batcher, {})
+        batcher.start()
+        try:
+            return [await infer(-1.0), await infer(1.0)]
+        finally:
+            await batcher.stop()
+
+    (bad, body), (good, _) = asyncio.run(go())
+    assert bad == 500 and body == {"error": "internal server error (logged by the server)"}
+    assert good == 200  # the model thread and the batcher carry on
+    err = capsys.readouterr().err
+    assert "internal error on POST v2/models/infer" in err and "model m:3" in err
+    assert "ValueError: negative input" in err and "Traceback" in err
+    assert 'skylift_internal_errors_total{replica="0"} 1' in app.metrics.render()
 
 
 def test_a_corrupt_key_file_keeps_the_last_good_keys_and_says_so_once(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from skylift.errors import Overloaded
-from skylift.serve.batcher import Batcher, DeadlineExceeded
+from skylift.serve.batcher import Batcher, DeadlineExceeded, ModelFailed
 
 
 class Model:
@@ -38,6 +38,7 @@ def _batcher(model: Model, **kw: float) -> Batcher:
     opts = {"max_rows": 8, "max_delay_s": 0.05, "max_queue_rows": 64, **kw}
     return Batcher(
         model,
+        name="double:1",
         max_rows=int(opts["max_rows"]),
         max_delay_s=opts["max_delay_s"],
         max_queue_rows=int(opts["max_queue_rows"]),
@@ -93,7 +94,9 @@ def test_one_bad_request_fails_alone() -> None:
             return_exceptions=True,
         )
         await b.stop()
-        assert isinstance(results[1], RuntimeError)
+        failed = results[1]
+        assert isinstance(failed, ModelFailed) and str(failed) == "model double:1 failed on this request"
+        assert isinstance(failed.__cause__, ValueError)  # the model's own error, for the server's log
         assert all(isinstance(r, np.ndarray) and (r == 2).all() for i, r in enumerate(results) if i != 1)
 
     _run(go)
@@ -169,3 +172,17 @@ def test_a_batch_waits_for_a_request_on_its_way_until_max_delay() -> None:
     waited, max_delay = _run(go)
     assert model.batches == [3, 1]  # the first two shared a batch
     assert max_delay * 0.9 <= waited < max_delay + 5  # closed at max_delay, not held for the missing one
+
+
+def test_a_stopped_batcher_refuses_rows_at_once() -> None:
+    """Rows queued on a swapped-out batcher would wait for a loop that is gone: 503 instead of 504."""
+
+    async def go() -> None:
+        b = _batcher(Model())
+        b.start()
+        await b.stop()
+        with pytest.raises(Overloaded, match="model double:1 was swapped out"):
+            async with asyncio.timeout(5):
+                await b.submit(np.ones((1, 2), np.float32), time.monotonic() + 10)
+
+    _run(go)

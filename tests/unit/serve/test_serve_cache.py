@@ -300,6 +300,70 @@ def test_redis_invalidate_scans_in_batches(redis_server: RedisServer) -> None:
     asyncio.run(body())
 
 
+def _bookkeeping(server: RedisServer) -> tuple[int, int, int]:
+    """(bytes counted, names in the LRU, names with a size): what the budget believes is stored."""
+    import redis
+
+    with redis.Redis.from_url(server.url) as client:
+        counted = int(client.get(b"skylift:cache:\0bytes") or 0)
+        return counted, client.zcard(b"skylift:cache:\0lru"), client.hlen(b"skylift:cache:\0sizes")
+
+
+@needs_redis
+def test_redis_expired_entries_leave_the_byte_budget(redis_server: RedisServer) -> None:
+    assert redis_server.command(b"FLUSHALL") == b"+OK"
+    old, new = _key(seed=1), _key(seed=2)
+
+    async def body() -> None:
+        cache = RedisCache(redis_server.url, max_bytes=1 << 20, ttl_s=0.3)
+        try:
+            await cache.put(old, b"v" * 100)
+            await cache.put(_key(seed=3), b"v" * 100)
+            await asyncio.sleep(0.5)  # both expired
+            await cache.put(new, b"v" * 10)
+        finally:
+            await cache.close()
+
+    asyncio.run(body())
+    assert _bookkeeping(redis_server) == (len(b"skylift:cache:" + new) + 10, 1, 1)
+
+
+@needs_redis
+def test_redis_invalidate_drops_expired_entries_too(redis_server: RedisServer) -> None:
+    assert redis_server.command(b"FLUSHALL") == b"+OK"
+
+    async def body() -> None:
+        cache = RedisCache(redis_server.url, max_bytes=1 << 20, ttl_s=0.3)
+        try:
+            await cache.put(_key("gone", 1), b"v" * 100)
+            await cache.put(_key("gone", 2), b"v" * 100)
+            await asyncio.sleep(0.5)  # expired: Redis no longer lists their names
+            await cache.invalidate("gone")
+        finally:
+            await cache.close()
+
+    asyncio.run(body())
+    assert _bookkeeping(redis_server) == (0, 0, 0)
+
+
+@needs_redis
+def test_redis_a_read_renews_an_entrys_expiry(redis_server: RedisServer) -> None:
+    """Entries expire a TTL after their last use, so the expired ones are always the least recent."""
+    assert redis_server.command(b"FLUSHALL") == b"+OK"
+
+    async def body() -> None:
+        cache = RedisCache(redis_server.url, max_bytes=1 << 20, ttl_s=1.0)
+        try:
+            await cache.put(_key(), b"hot")
+            for _ in range(3):
+                await asyncio.sleep(0.5)
+                assert await cache.get(_key()) == b"hot"  # 1.5 s after the put, read every 0.5 s
+        finally:
+            await cache.close()
+
+    asyncio.run(body())
+
+
 async def _twenty_calls(cache: ResponseCache) -> float:
     start = time.perf_counter()
     for i in range(10):

@@ -1,11 +1,17 @@
-"""--rate-limit values: a plain number or the issue's own `100/s` syntax."""
+"""Rate limits: --rate-limit values (a plain number or `100/s`), and the shared token buckets."""
 
 from __future__ import annotations
+
+import multiprocessing
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from skylift.errors import SpecError
-from skylift.serve.ratelimit import parse_rate
+from skylift.serve.ratelimit import RateLimiter, SharedBuckets, parse_rate, shared_buckets
 
 
 @pytest.mark.parametrize(
@@ -20,3 +26,67 @@ def test_rates(text: str, per_s: float) -> None:
 def test_bad_rates_name_the_form(text: str) -> None:
     with pytest.raises(SpecError, match="--rate-limit must look like 100/s"):
         parse_rate(text)
+
+
+# ---- the bucket ----------------------------------------------------------------------------------
+
+KEY = "0123abcd"
+
+
+@pytest.fixture
+def limiter(tmp_path: Path) -> Iterator[RateLimiter]:
+    limiter = RateLimiter(shared_buckets(tmp_path))
+    yield limiter
+    limiter.close()
+
+
+def test_a_bucket_lets_a_second_of_requests_through_then_refills(limiter: RateLimiter) -> None:
+    assert [limiter.allow(KEY, 5.0) for _ in range(5)] == [0.0] * 5  # burst: one second of requests
+    wait = limiter.allow(KEY, 5.0)
+    assert 0.1 < wait <= 0.2  # a token every 0.2 s
+    time.sleep(wait)
+    assert limiter.allow(KEY, 5.0) == 0.0
+
+
+def test_a_rate_below_one_per_second_lets_one_request_through_at_that_pace(limiter: RateLimiter) -> None:
+    rate = parse_rate("30/m")
+    assert limiter.allow(KEY, rate) == 0.0  # the first request of a key goes at once
+    wait = limiter.allow(KEY, rate)
+    assert 1.9 < wait <= 2.0  # then one every 2 s
+    time.sleep(wait)
+    assert limiter.allow(KEY, rate) == 0.0
+    assert limiter.allow(KEY, rate) > 1.9  # no burst beyond one request
+
+
+def _take_tokens_forever(buckets: SharedBuckets, started: Any) -> None:
+    """A replica under load: nearly all of its time is spent inside the limiter."""
+    limiter = RateLimiter(buckets)
+    started.set()
+    while True:
+        limiter.allow(KEY, 1e9)
+
+
+def _take_one_token(buckets: SharedBuckets) -> None:
+    RateLimiter(buckets).allow(KEY, 1e9)
+
+
+def test_a_replica_killed_inside_the_limiter_blocks_no_other(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")  # as the server starts its replicas
+    buckets = shared_buckets(tmp_path)
+    for _ in range(4):  # each kill lands inside the limiter's critical section most of the time
+        started = ctx.Event()
+        victim = ctx.Process(target=_take_tokens_forever, args=(buckets, started))
+        victim.start()
+        assert started.wait(30)
+        time.sleep(0.1)
+        victim.kill()  # SIGKILL: no cleanup runs, as when the OOM killer takes a replica
+        victim.join()
+        other = ctx.Process(target=_take_one_token, args=(buckets,))
+        other.start()
+        other.join(10)
+        blocked = other.is_alive()
+        if blocked:
+            other.kill()
+            other.join()
+        assert not blocked, "a replica killed inside the limiter blocked the others"
+        assert other.exitcode == 0
