@@ -6,6 +6,7 @@ SkyliftError                 base; ``exit_code`` is what the CLI exits with
  ├── ModelNotFound           unknown model, version, alias, run or checkpoint (exit 2)
  ├── IntegrityError          an artifact's bytes do not match its manifest   (exit 1)
  ├── AuthError               missing, wrong or insufficient credentials      (exit 1)
+ │    └── MasterKeyMissing   an encrypted model, and no master key given      (exit 2)
  └── Overloaded              the server's queue is full, retry later         (exit 1)
 """
 
@@ -42,6 +43,12 @@ class IntegrityError(SkyliftError):
 
 class AuthError(SkyliftError):
     """Credentials are missing, wrong, expired or lack the needed scope."""
+
+
+class MasterKeyMissing(AuthError):
+    """An encrypted model needs the master key and none was given: a missing input, so exit 2."""
+
+    exit_code = 2
 
 
 class Overloaded(SkyliftError):

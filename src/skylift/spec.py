@@ -31,6 +31,7 @@ __all__ = [
     "ServeSpec",
     "TrainSpec",
     "TuneSpec",
+    "higher_is_better",
     "load_spec",
     "parse_spec",
     "spec_hash",
@@ -38,6 +39,7 @@ __all__ = [
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 MAX_SPEC_BYTES = 1 << 20  # 1 MiB: a job spec is a page of YAML, not a data file
+_MAX_ERRORS_SHOWN = 10  # every error of a hand-written spec, yet one readable line for a pasted blob
 
 
 class _Frozen(BaseModel):
@@ -115,11 +117,48 @@ class OptimizerSpec(_Frozen):
     """Adam epsilon; 1e-7 as in Keras (torch's default is 1e-8)."""
 
 
+_MONITORS = Literal["val_loss", "val_accuracy", "val_f1", "val_precision", "val_recall"]
+_HIGHER_IS_BETTER: dict[str, bool] = {m: m != "val_loss" for m in get_args(_MONITORS)}
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a higher value of validation `metric` is better (a loss is better lower)."""
+    known = _HIGHER_IS_BETTER.get(metric)
+    return not metric.endswith("loss") if known is None else known
+
+
+def _fill_in(data: Any, metric: str, field: str, higher: str, lower: str) -> Any:
+    """`data` with `field` (left out or null) set from its metric: `higher` if higher values are better."""
+    if isinstance(data, dict) and data.get(field) is None and data.get(metric) in _HIGHER_IS_BETTER:
+        return {**data, field: higher if _HIGHER_IS_BETTER[data[metric]] else lower}
+    return data
+
+
+def _contradiction(metric: str, field: str, given: str, want: str, effect: str) -> str:
+    better = "higher" if _HIGHER_IS_BETTER[metric] else "lower"
+    return f"{field} {given} {effect} {metric} ({better} is better); set {field}: {want} or leave {field} out"
+
+
 class CheckpointSpec(_Frozen):
-    monitor: Literal["val_loss", "val_accuracy", "val_f1", "val_precision", "val_recall"] = "val_loss"
+    monitor: _MONITORS = "val_loss"
     """Validation metric that picks best.pt."""
     mode: Literal["min", "max"] = "min"
-    """Whether a lower or a higher `monitor` is better."""
+    """Whether a lower or a higher `monitor` is better; left out, it follows `monitor`."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _infer_mode(cls, data: Any) -> Any:
+        return _fill_in(data, "monitor", "mode", "max", "min")
+
+    @model_validator(mode="after")
+    def _mode_fits_monitor(self) -> CheckpointSpec:
+        # A mode against the metric silently keeps the worst epoch as best.pt: refuse it.
+        want = "max" if _HIGHER_IS_BETTER[self.monitor] else "min"
+        if self.mode != want:
+            raise ValueError(
+                _contradiction(self.monitor, "mode", self.mode, want, "keeps the worst epoch of")
+            )
+        return self
 
 
 class TrainSpec(_Frozen):
@@ -143,7 +182,7 @@ class TrainSpec(_Frozen):
 
 class DistributedSpec(_Frozen):
     workers: int | Literal["auto"] = "auto"
-    """Data-parallel processes on this node; "auto" measures whether DDP pays."""
+    """Data-parallel processes on this node; "auto" decides from a step's counted FLOPs (one per GPU)."""
     nnodes: int = Field(default=1, ge=1)
     """Machines taking part."""
     rdzv_endpoint: str | None = None
@@ -164,7 +203,6 @@ class DistributedSpec(_Frozen):
 
 
 _KINDS = ("uniform", "log_uniform", "int", "choice")
-_MONITORS = Literal["val_loss", "val_accuracy", "val_f1", "val_precision", "val_recall"]
 
 
 def _check_param(path: str, entry: Any) -> None:
@@ -223,13 +261,27 @@ class TuneSpec(_Frozen):
     metric: _MONITORS = "val_accuracy"
     """Validation metric a trial reports each epoch; its best epoch's value is the trial's value."""
     direction: Literal["maximize", "minimize"] = "maximize"
-    """Whether a higher or a lower `metric` is better."""
+    """Whether a higher or a lower `metric` is better; left out, it follows `metric`."""
     storage: str | None = None
     """Optuna storage URL (postgresql://...), or null: a journal file in SKYLIFT_HOME/studies/<study>/."""
     seed: int | None = Field(default=None, ge=0)
     """Sampler seed; null: a fresh random search each study."""
     space: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Dotted spec path -> {uniform|log_uniform|int: [low, high]} or {choice: [...]}."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _infer_direction(cls, data: Any) -> Any:
+        return _fill_in(data, "metric", "direction", "maximize", "minimize")
+
+    @model_validator(mode="after")
+    def _direction_fits_metric(self) -> TuneSpec:
+        want = "maximize" if _HIGHER_IS_BETTER[self.metric] else "minimize"
+        if self.direction != want:
+            raise ValueError(
+                _contradiction(self.metric, "direction", self.direction, want, "picks the worst trials by")
+            )
+        return self
 
     @field_validator("space", mode="before")
     @classmethod
@@ -290,9 +342,15 @@ class JobSpec(_Frozen):
         return text
 
 
+# Sections that change nothing about what is trained: editing them must not block a resume.
+_NOT_HASHED = ("serve",)
+
+
 def spec_hash(spec: JobSpec) -> str:
-    """SHA-256 of the resolved spec's canonical JSON: equal specs hash equal."""
-    canon = json.dumps(spec.to_dict(), sort_keys=True, separators=(",", ":"))
+    """SHA-256 of the resolved spec's canonical JSON without `serve` (serving defaults): two specs
+    that train the same model hash equal."""
+    trained = {k: v for k, v in spec.to_dict().items() if k not in _NOT_HASHED}
+    canon = json.dumps(trained, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
@@ -350,10 +408,10 @@ def parse_spec(raw: Any, overrides: list[str] | tuple[str, ...] = (), source: st
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as exc:
-        errors = exc.errors()
-        first = _describe(dict(errors[0]))
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise SpecError(f"{source}: {first}{more}") from None
+        errors = [_describe(dict(e)) for e in exc.errors()]
+        shown = "; ".join(errors[:_MAX_ERRORS_SHOWN])
+        more = f" (and {len(errors) - _MAX_ERRORS_SHOWN} more)" if len(errors) > _MAX_ERRORS_SHOWN else ""
+        raise SpecError(f"{source}: {shown}{more}") from None
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,7 +97,7 @@ def test_bad_input_is_one_line_and_an_exit_code(capsys: pytest.CaptureFixture[st
             capsys, "bench", "serve", srv.url, "--model", MODEL, "-d", "0.3", "--warmup", "0"
         )
         assert code == 1 and "errors by status" in out and "500" in out
-        assert err.splitlines()[-1] == "error: no request succeeded (see the errors by status)"
+        assert err.splitlines()[-1].startswith("error: ") and "requests failed (100%): HTTP 500 x" in err
 
 
 def test_bench_against_a_real_skylift_serve(tmp_path: Path) -> None:
@@ -123,3 +124,67 @@ def test_bench_against_a_real_skylift_serve(tmp_path: Path) -> None:
             assert report["requests"] > 0 and report["ok"] == report["requests"], report
             assert report["errors"] == {} and report["rows_per_s"] > 0
         assert key.split("_", 2)[2] not in srv.log.read_text()
+
+
+def test_readme_bench_line_and_a_rate_limited_or_wrong_key(tmp_path: Path) -> None:
+    """README's lines: `KEY=$(skylift keys create ... --rate-limit 100000)`, `skylift serve ...
+    --tls-self-signed`, `skylift bench serve https://... --api-key $KEY --cacert ...` measure the
+    model; a key held to its rate limit makes bench fail loudly, naming the limit."""
+    import ssl
+    import time
+
+    from skylift.spec import load_spec
+    from skylift.train import fit
+    from tests.conftest import EXAMPLE
+    from tests.integration.serve_helpers import running
+
+    home = tmp_path / "home"
+    fit(load_spec(EXAMPLE, ["train.epochs=1"]), home=home)
+    env = {"SKYLIFT_HOME": str(home)}
+    keys = {}
+    for name, limit in (("web", "100000"), ("slow", "5")):
+        made = skylift("keys", "create", "--name", name, "--scope", "predict", "--rate-limit", limit, env=env)
+        assert made.returncode == 0, made.stderr
+        keys[name] = made.stdout.strip()
+    cert = home / "tls" / "tls-cert.pem"
+    with running(home, "mnist-mlp", "--replicas", "1", "--tls-self-signed", ready=False) as srv:
+        deadline = time.monotonic() + 60
+        while not cert.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        srv.tls, srv.key = ssl.create_default_context(cafile=str(cert)), keys["web"]
+        while time.monotonic() < deadline:
+            try:
+                if srv.request("GET", "/v2/health/ready")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        url = f"https://127.0.0.1:{srv.port}"
+
+        report = tmp_path / "report.json"
+
+        def bench(key: str) -> subprocess.CompletedProcess[str]:
+            return skylift(
+                "bench", "serve", url, "--model", "mnist-mlp", "--api-key", key, "--cacert", str(cert),
+                "-c", "4", "-p", "1", "-d", "1", "--warmup", "0", "--json", str(report),
+            )  # fmt: skip
+
+        done = bench(keys["web"])
+        assert done.returncode == 0, done.stdout + done.stderr
+        figures = json.loads(report.read_text())
+        assert figures["errors"] == {} and figures["ok"] == figures["requests"] > 0, figures
+        assert "failed" not in done.stderr
+
+        done = bench(keys["slow"])  # 5 requests/s: nearly every request is refused with 429
+        assert done.returncode == 1, done.stdout + done.stderr
+        (line,) = [s for s in done.stderr.splitlines() if s.startswith("error: ")]
+        assert re.match(r"error: [\d,]+ of [\d,]+ requests failed \(\d+%\): HTTP 429 x[\d,]+ ", line), line
+        assert "rate limit of 5 requests/s for key 'slow' exceeded" in line
+        assert "skylift keys create --rate-limit" in line and "serve --rate-limit 0" in line
+        assert "errors by status" in done.stdout and "429" in done.stdout
+        figures = json.loads(report.read_text())  # the report is still written
+        assert figures["errors"]["429"] > figures["requests"] / 2
+
+        done = bench("sk_0123456789abcdef_wrong")
+        assert done.returncode == 1 and "pass --api-key" not in done.stderr, done.stderr
+        assert "refused the API key given with --api-key" in done.stderr and "(HTTP 401: " in done.stderr
+        assert done.stderr.count("\n") == 1

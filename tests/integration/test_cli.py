@@ -230,3 +230,13 @@ def test_home_option_works_before_and_after_the_command(tmp_path: Path) -> None:
         assert main([*args, "--set", "train.epochs=1", "--set", "train.register_best=false"]) == 0
     assert (tmp_path / "a" / "runs").is_dir() and (tmp_path / "b" / "runs").is_dir()
     assert not (tmp_path / "a" / "registry").exists()
+
+
+def test_help_says_keys_makes_api_keys_too(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # one line per command
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    (line,) = [s for s in capsys.readouterr().out.splitlines() if s.strip().startswith("keys ")]
+    assert "API keys" in line and "master key" in line

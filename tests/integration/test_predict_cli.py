@@ -225,7 +225,7 @@ def test_an_encrypted_model_with_key_file(tmp_path: Path, capsys: pytest.Capture
         str(home),
     ]
     code, _, err = run(capsys, *args)
-    assert code == 1 and err.count("\n") == 1 and "mnist-mlp:1 is encrypted: set SKYLIFT_MASTER_KEY" in err
+    assert code == 2 and err.count("\n") == 1 and "mnist-mlp:1 is encrypted: set SKYLIFT_MASTER_KEY" in err
     assert not out.exists()
     code, stdout, err = run(capsys, *args, "--key-file", str(key_file))
     assert code == 0 and "predicted 40 rows" in stdout, err

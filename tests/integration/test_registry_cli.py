@@ -146,7 +146,9 @@ def test_encrypted_models_through_the_cli(
     before = snapshot(cli_home)
     out_file = tmp_path / "m.onnx"
     code, _, err = run(capsys, "models", "export", "mnist-mlp", "--format", "onnx", "--output", str(out_file))
-    assert code == 1 and "error: mnist-mlp:1 is encrypted" in err and err.count("\n") == 1
+    # No key at all is a missing input (exit 2, as README's exit codes say); a wrong key is exit 1.
+    assert code == 2 and "error: mnist-mlp:1 is encrypted: set SKYLIFT_MASTER_KEY" in err
+    assert err.count("\n") == 1
     code, _, err = run(
         capsys,
         "models",
@@ -336,3 +338,72 @@ def test_keys_create_as_in_the_design_needs_no_name(
     assert code == 0 and all(name in out for name in made)
     store = KeyStore(keys_file(home))
     assert {store.verify(key).name for key in made.values()} == set(made)
+
+
+def test_export_never_overwrites_or_makes_folders_without_being_asked(
+    cli_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "models", "register", RUN)[0] == 0
+    existing = tmp_path / "m.onnx"
+    existing.write_text("precious\n")
+    code, _, err = run(capsys, "models", "export", "mnist-mlp", "--format", "onnx", "--output", str(existing))
+    assert code == 2 and err == f"error: {existing} already exists; pass --overwrite to replace it\n"
+    assert existing.read_text() == "precious\n"
+    # A folder as --output names the file NAME-VERSION.onnx: that one is protected the same way.
+    (tmp_path / "mnist-mlp-1.onnx").write_text("precious\n")
+    code, _, err = run(capsys, "models", "export", "mnist-mlp", "--format", "onnx", "--output", str(tmp_path))
+    assert code == 2 and "mnist-mlp-1.onnx already exists; pass --overwrite" in err
+    code, out, _ = run(
+        capsys, "models", "export", "mnist-mlp", "--format", "onnx", "--output", str(existing), "--overwrite"
+    )
+    assert code == 0 and f"wrote {existing} (onnx" in out and existing.stat().st_size > 900_000
+
+    typo = tmp_path / "exprots" / "deep" / "m.pt"  # a typo must not make folders
+    for extra in ([], ["--overwrite"]):
+        code, _, err = run(
+            capsys, "models", "export", "mnist-mlp", "--format", "torchscript", "--output", str(typo), *extra
+        )
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"folder {typo.parent} does not exist; create it first (mkdir -p {typo.parent})" in err
+        assert not (tmp_path / "exprots").exists()
+
+
+def test_list_shows_metric_created_aliases_and_prune_dry_runs_first(
+    cli_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for _ in range(4):
+        assert run(capsys, "models", "register", RUN)[0] == 0
+    assert run(capsys, "models", "promote", "mnist-mlp:1", "production")[0] == 0
+    val_loss = json.loads((cli_home / "runs" / RUN / "summary.json").read_text())["best"]["val_loss"]
+    code, out, _ = run(capsys, "models", "list")
+    (row,) = [line for line in out.splitlines() if "mnist-mlp" in line]
+    assert code == 0 and "production -> 1" in row and f"val_loss={val_loss:.4f}" in row
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", row), row
+
+    code, out, _ = run(capsys, "models", "list", "--name", "mnist-mlp", "--sort", "created")
+    rows = [line.split("│") for line in out.splitlines() if re.match(r"^│ +\d", line)]
+    assert code == 0 and [int(r[1]) for r in rows] == [4, 3, 2, 1], out
+    assert "production" in rows[-1][4] and f"val_loss={val_loss:.4f}" in rows[0][3]
+
+    before = snapshot(cli_home)
+    code, out, _ = run(capsys, "models", "prune", "mnist-mlp", "--keep", "2")
+    assert code == 0 and snapshot(cli_home) == before
+    assert "would delete mnist-mlp:2" in out and "pass --yes to delete 1 version" in out, out
+    assert "mnist-mlp:1" not in out.split("would delete")[1].split("\n")[0]
+    code, out, _ = run(capsys, "models", "prune", "mnist-mlp", "--keep", "2", "--yes")
+    assert code == 0 and "deleted mnist-mlp:2" in out
+    code, out, _ = run(capsys, "models", "list", "--name", "mnist-mlp")
+    assert [int(r.split("│")[1]) for r in out.splitlines() if re.match(r"^│ +\d", r)] == [1, 3, 4]
+
+    for args, part in (
+        (["--keep", "0"], "--keep: must be a whole number >= 1, got '0'"),
+        (["--keep", "-2"], "--keep: must be a whole number >= 1, got '-2'"),
+        (["--keep", "two"], "--keep: must be a whole number >= 1, got 'two'"),
+        ([], "the following arguments are required: --keep"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            run(capsys, "models", "prune", "mnist-mlp", *args)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and part in err and err.count("\n") == 1, err
+    code, _, err = run(capsys, "models", "list", "--name", "mnist-mpl")
+    assert code == 2 and "did you mean 'mnist-mlp'?" in err

@@ -28,4 +28,3 @@ def test_without_redis_and_apt_it_fails_instead_of_promising_skipped_tests(tmp_p
     assert "skipped" not in proc.stderr
     assert proc.stderr.startswith("scripts/test: the Redis cache tests need redis-server")
     assert "install redis-server and run again" in proc.stderr
-

@@ -160,3 +160,78 @@ def test_quickstart_trains_the_example_spec() -> None:
     """The packaged quickstart spec is the README's example, byte for byte (no drift between them)."""
     packaged = Path(__file__).parents[2] / "src" / "skylift" / "cli" / "quickstart.yaml"
     assert packaged.read_bytes() == EXAMPLE.read_bytes()
+
+
+def test_every_error_is_listed_not_just_counted() -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec(EXAMPLE, ["train.epochs=0", "train.batch_size=0"])
+    message = str(info.value)
+    assert "train.epochs: input should be greater than or equal to 1, got 0" in message
+    assert "train.batch_size: input should be greater than or equal to 1, got 0" in message
+    assert "more)" not in message and "\n" not in message
+
+
+def test_a_flood_of_errors_lists_ten_and_counts_the_rest() -> None:
+    raw = _raw()
+    raw["train"].update({f"typo{i}": 1 for i in range(12)})
+    with pytest.raises(SpecError) as info:
+        parse_spec(raw)
+    message = str(info.value)
+    assert message.count("unknown field") == 10 and message.endswith("(and 2 more)")
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "mode"),
+    [
+        ({"monitor": "val_accuracy"}, "max"),
+        ({"monitor": "val_f1", "mode": None}, "max"),
+        ({"monitor": "val_loss"}, "min"),
+        ({}, "min"),
+        ({"monitor": "val_recall", "mode": "max"}, "max"),
+    ],
+)
+def test_checkpoint_mode_left_out_follows_the_monitor(checkpoint: dict[str, Any], mode: str) -> None:
+    raw = _raw()
+    raw["train"]["checkpoint"] = checkpoint
+    assert parse_spec(raw).train.checkpoint.mode == mode
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "train.checkpoint={monitor: val_accuracy, mode: min}",
+            "train.checkpoint: mode min keeps the worst epoch of val_accuracy (higher is better); "
+            "set mode: max or leave mode out",
+        ),
+        (
+            "train.checkpoint={monitor: val_loss, mode: max}",
+            "train.checkpoint: mode max keeps the worst epoch of val_loss (lower is better); "
+            "set mode: min or leave mode out",
+        ),
+        (
+            "tune.metric=val_loss",
+            "tune: direction maximize picks the worst trials by val_loss (lower is better); "
+            "set direction: minimize or leave direction out",
+        ),
+    ],
+)
+def test_a_mode_contradicting_its_metric_is_refused(override: str, message: str) -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec(EXAMPLE, [override])
+    assert message in str(info.value)
+
+
+def test_tune_direction_left_out_follows_the_metric() -> None:
+    raw = _raw()
+    raw["tune"] = {"metric": "val_loss"}
+    assert parse_spec(raw).tune.direction == "minimize"
+    raw["tune"] = {}
+    assert parse_spec(raw).tune.direction == "maximize"
+
+
+def test_the_serve_section_is_not_part_of_the_spec_hash() -> None:
+    """Serving defaults do not change what is trained: editing them must not block a resume."""
+    spec = load_spec(EXAMPLE)
+    assert spec_hash(load_spec(EXAMPLE, ["serve.max_batch_rows=8", "serve.replicas=1"])) == spec_hash(spec)
+    assert spec_hash(load_spec(EXAMPLE, ["train.epochs=3"])) != spec_hash(spec)

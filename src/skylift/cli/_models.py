@@ -1,4 +1,4 @@
-"""`skylift models ...` (the registry) and `skylift keys master-create`."""
+"""`skylift models ...` (the registry) and `skylift keys ...` (API keys and the master key)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,20 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     m = sub.add_parser("models", parents=[common], help="the model registry: list, show, promote, export ...")
     ms = m.add_subparsers(dest="models_command", metavar="ACTION", parser_class=type(m), required=True)
 
-    p = ms.add_parser("list", parents=shared, help="every model with its versions and aliases")
+    p = ms.add_parser(
+        "list",
+        parents=shared,
+        help="every model: versions, aliases, and the latest version's metric and time; "
+        "--name N: a table of N's versions",
+    )
+    p.add_argument("--name", help="list this model's versions, one row each")
+    p.add_argument(
+        "--sort",
+        choices=_SORTS,
+        default="version",
+        help="with --name: version (ascending, default), created (newest first) or metric "
+        "(best first: lowest loss, highest score)",
+    )
     p.set_defaults(run=_list)
 
     p = ms.add_parser("show", parents=shared, help="signature, metrics, lineage, files and hashes")
@@ -47,6 +60,16 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="delete even if aliases point at it (drops them)")
     p.set_defaults(run=_delete)
 
+    p = ms.add_parser(
+        "prune",
+        parents=shared,
+        help="delete old versions: keep the N newest and every aliased one (a dry run without --yes)",
+    )
+    p.add_argument("name", help="model name")
+    p.add_argument("--keep", type=_keep_count, required=True, metavar="N", help="newest versions to keep")
+    p.add_argument("--yes", action="store_true", help="delete (default: only print what would be deleted)")
+    p.set_defaults(run=_prune)
+
     p = ms.add_parser("verify", parents=shared, help="re-hash every file of a version against its manifest")
     p.add_argument("ref", help="NAME, NAME:VERSION or NAME@ALIAS")
     p.set_defaults(run=_verify)
@@ -59,10 +82,15 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p = ms.add_parser("export", parents=shared, help="write a version as ONNX or TorchScript")
     p.add_argument("ref", help="NAME, NAME:VERSION or NAME@ALIAS")
     p.add_argument("--format", dest="fmt", required=True, choices=["onnx", "torchscript"])
-    p.add_argument("--output", required=True, help="output file (or a folder for NAME-VERSION.onnx|.pt)")
+    p.add_argument(
+        "--output", required=True, help="output file (or an existing folder for NAME-VERSION.onnx|.pt)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(run=_export)
 
-    k = sub.add_parser("keys", parents=[common], help="master keys for encryption at rest")
+    k = sub.add_parser(
+        "keys", parents=[common], help="API keys for serve (create, list, revoke) and master keys"
+    )
     ks = k.add_subparsers(dest="keys_command", metavar="ACTION", parser_class=type(k), required=True)
     p = ks.add_parser("create", parents=[common], help="a new API key for `skylift serve` (printed once)")
     p.add_argument(
@@ -90,6 +118,15 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(run=_master_create)
 
 
+_SORTS = ("version", "created", "metric")  # skylift.registry.SORTS, without importing it for --help
+
+
+def _keep_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def _console() -> Console:
     from rich.console import Console
 
@@ -108,19 +145,76 @@ def _list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     registry = _registry(args)
+    if args.name:
+        return _list_versions(registry, args.name, args.sort)
+    if args.sort != "version":
+        raise SpecError("--sort orders the versions of one model: give --name NAME too")
     entries = registry.list()
     console = _console()
     if not entries:
         console.print(f"no models registered in {registry.root}")
         return 0
-    table = Table("name", "latest", "versions", "aliases")
+    table = Table("name", "latest", "versions", "aliases", "created (UTC, latest)", "metric (latest)")
     for e in entries:
         aliases = ", ".join(f"{a} -> {v}" for a, v in sorted(e.aliases.items()))
         versions = ", ".join(str(v) for v in e.versions[-8:])
+        latest = registry.versions(e.name)[-1]  # checked against its manifest, like `show`
         table.add_row(
-            e.name, str(e.latest), versions if len(e.versions) <= 8 else f"..., {versions}", aliases
+            e.name,
+            str(e.latest),
+            versions if len(e.versions) <= 8 else f"..., {versions}",
+            aliases,
+            _created(latest.created),
+            _metric(latest),
         )
     console.print(table)
+    return 0
+
+
+def _list_versions(registry: Registry, name: str, sort: str) -> int:
+    from rich.table import Table
+
+    from skylift.registry import sort_versions
+
+    rows = sort_versions(registry.versions(name), sort)
+    table = Table(
+        "version", "created (UTC)", "metric", "aliases", title=f"{name} (by {sort})", title_justify="left"
+    )
+    for r in rows:
+        table.add_row(str(r.version), _created(r.created), _metric(r), ", ".join(r.aliases))
+    _console().print(table)
+    return 0
+
+
+def _created(iso: str | None) -> str:
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromisoformat(iso or "").astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return "?"
+
+
+def _metric(row: Any) -> str:
+    if row.problem:
+        return f"damaged: run `skylift models verify {row.ref}`"
+    return "-" if row.monitor is None or row.metric is None else f"{row.monitor}={row.metric:.4f}"
+
+
+def _prune(args: argparse.Namespace) -> int:
+    plan = _registry(args).prune(args.name, args.keep, apply=args.yes)
+    console = _console()
+    pinned = {v: sorted(a for a, w in plan.aliases.items() if w == v) for v in plan.keep}
+    kept = ", ".join(f"{v} ({', '.join(pinned[v])})" if pinned[v] else str(v) for v in plan.keep)
+    console.print(f"{plan.name}: keeping {kept} (the {args.keep} newest and every aliased version)")
+    if not plan.delete:
+        console.print("nothing to delete")
+        return 0
+    for version in plan.delete:
+        console.print(f"{'deleted' if plan.applied else 'would delete'} {plan.name}:{version}")
+    if not plan.applied:
+        n = len(plan.delete)
+        console.print(f"dry run: nothing deleted; pass --yes to delete {n} version{'s' * (n > 1)}")
     return 0
 
 
@@ -243,7 +337,7 @@ def _run_summary(checkpoint: Path, meta: dict[str, Any]) -> dict[str, Any] | Non
 
 def _register(args: argparse.Namespace) -> int:
     from skylift.home import skylift_home
-    from skylift.registry import run_metadata
+    from skylift.registry import run_metadata, spec_serve_section
     from skylift.train.checkpoint import load
     from skylift.train.evaluation import resolve_checkpoint
 
@@ -256,14 +350,16 @@ def _register(args: argparse.Namespace) -> int:
         raise SpecError(f"{path}: the checkpoint records no model name; pass --name")
     summary = _run_summary(path, meta)
     metrics, lineage = run_metadata(summary) if summary else ({}, {})
-    version = registry.register(str(name), state["model"], meta, metrics, lineage)
+    # The spec in the checkpoint's run folder, wherever that is (not only under --home).
+    serve = spec_serve_section(path.resolve().parent.parent / "spec.yaml")
+    version = registry.register(str(name), state["model"], meta, metrics, lineage, serve)
     encrypted = " (encrypted)" if registry.encrypts else ""
     _console().print(f"registered {version.ref}{encrypted} from {path}", highlight=False)
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    out = _registry(args).export(args.ref, args.fmt, Path(args.output))
+    out = _registry(args).export(args.ref, args.fmt, Path(args.output), overwrite=args.overwrite)
     _console().print(f"wrote {out} ({args.fmt}, {out.stat().st_size:,} bytes)", highlight=False)
     return 0
 

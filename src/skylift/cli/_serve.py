@@ -14,9 +14,12 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("models", nargs="+", metavar="MODEL_REF", help="NAME, NAME:VERSION or NAME@ALIAS")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
-    p.add_argument("--replicas", type=int, default=2, help="worker processes on the one port")
-    p.add_argument("--max-batch-rows", type=int, default=64, help="rows per model batch")
-    p.add_argument("--max-delay-ms", type=float, default=2.0, help="longest wait for a batch to fill")
+    # None: the first model's spec `serve:` section decides, else ServeSpec's default (see _settings).
+    p.add_argument("--replicas", type=int, help="worker processes on the one port (default: spec, else 2)")
+    p.add_argument("--max-batch-rows", type=int, help="rows per model batch (default: spec, else 64)")
+    p.add_argument(
+        "--max-delay-ms", type=float, help="longest wait for a batch to fill (default: spec, else 2)"
+    )
     p.add_argument("--max-queue-rows", type=int, default=4096, help="queued rows before 503")
     p.add_argument("--timeout-ms", type=int, default=30_000, help="per-request deadline (504)")
     p.add_argument("--max-body-mb", type=float, default=16.0, help="request body limit (413)")
@@ -30,7 +33,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         help="requests per API key, all replicas: 100/s (default), 6000/m, 360000/h (0: off)",
     )
     p.add_argument("--cache", default="memory", help="response cache: memory, redis://HOST:PORT/DB, or none")
-    p.add_argument("--cache-mb", type=float, default=64.0, help="response cache budget in MiB (0: off)")
+    p.add_argument(
+        "--cache-mb", type=float, help="response cache budget in MiB, 0: off (default: spec, else 64)"
+    )
     p.add_argument("--no-auth", action="store_true", help="serve without API keys (loopback only)")
     p.add_argument("--tls-cert", type=Path, help="TLS certificate (PEM); serve HTTPS")
     p.add_argument("--tls-key", type=Path, help="TLS private key (PEM)")
@@ -60,19 +65,52 @@ def rate_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--rate-limit ")) from None
 
 
+# Flags whose default comes from the served model's spec (its `serve:` section, in model.json).
+_FROM_SPEC = ("replicas", "max_batch_rows", "max_delay_ms", "cache_mb")
+
+
+def _settings(args: argparse.Namespace, home: Path) -> dict[str, Any]:
+    """The _FROM_SPEC settings: a flag given wins, then the first model's recorded `serve:` section,
+    then the spec's defaults. Says where they came from when a spec decided any."""
+    from skylift.registry import Registry
+    from skylift.security import master_key_from_env
+    from skylift.spec import ServeSpec
+
+    registry = Registry(home, master_key_from_env(args.key_file))
+    recorded = []
+    for ref in args.models:
+        info = registry.info(ref)  # verified against its manifest; unknown refs fail here (exit 2)
+        recorded.append((info["ref"], info.get("serve") if isinstance(info.get("serve"), dict) else None))
+    first_ref, section = recorded[0]
+    defaults = ServeSpec().model_dump()
+    settings = {**defaults, **(section or {})}
+    # Named only where the spec changed the outcome: no flag given, and not the built-in value.
+    taken = [k for k in _FROM_SPEC if getattr(args, k) is None and settings[k] != defaults[k]]
+    settings.update({k: getattr(args, k) for k in _FROM_SPEC if getattr(args, k) is not None})
+    if taken:
+        shown = ", ".join(f"{k} {settings[k]:g}" for k in taken)
+        print(f"from the spec of {first_ref}: {shown} (flags override)", flush=True)
+    differ = [ref for ref, other in recorded[1:] if other is not None and other != section]
+    if differ:
+        print(f"note: {', '.join(differ)} record other serving defaults; {first_ref}'s apply", flush=True)
+    return {k: settings[k] for k in _FROM_SPEC}
+
+
 def _serve(args: argparse.Namespace) -> int:
     from skylift.home import skylift_home
     from skylift.serve import ServeConfig, serve
 
+    home = skylift_home(args.home)
+    settings = _settings(args, home)
     config = ServeConfig(
         models=tuple(args.models),
-        home=skylift_home(args.home),
+        home=home,
         state_dir=Path("."),  # replaced by serve() with a private temp folder
         host=args.host,
         port=args.port,
-        replicas=args.replicas,
-        max_batch_rows=args.max_batch_rows,
-        max_delay_ms=args.max_delay_ms,
+        replicas=settings["replicas"],
+        max_batch_rows=settings["max_batch_rows"],
+        max_delay_ms=settings["max_delay_ms"],
         max_queue_rows=args.max_queue_rows,
         timeout_ms=args.timeout_ms,
         max_body_mb=args.max_body_mb,
@@ -86,7 +124,7 @@ def _serve(args: argparse.Namespace) -> int:
         audit_log=args.audit_log,
         rate_limit=args.rate_limit,
         cache=None if args.cache == "none" else args.cache,
-        cache_mb=0.0 if args.cache == "none" else args.cache_mb,
+        cache_mb=0.0 if args.cache == "none" else float(settings["cache_mb"]),
     )
     if args.tls_self_signed and (args.tls_cert or args.tls_key):
         from skylift.errors import SpecError

@@ -78,10 +78,7 @@ def discover(config: BenchConfig, ssl_ctx: ssl.SSLContext | None = None) -> Inpu
     path = target.metadata_route(config.model)
     status, body = fetch(target, "GET", path, headers=_auth_headers(config, target), ssl_ctx=ssl_ctx)
     if status in (401, 403):
-        raise AuthError(
-            f"{config.url} refused the API key (HTTP {status}: {error_text(body)}); "
-            "pass --api-key or set SKYLIFT_API_KEY"
-        )
+        raise refused(config, status, body)
     problem: str
     if status == 200:
         try:
@@ -147,8 +144,22 @@ def probe(config: BenchConfig, template: RequestTemplate, ssl_ctx: ssl.SSLContex
             f"{template.method} {template.path} answered HTTP 404: {error_text(body)}"
         )
     if status in (401, 403):
-        raise AuthError(
-            f"{config.url} refused the request (HTTP {status}: {error_text(body)}); "
-            "pass --api-key or set SKYLIFT_API_KEY"
-        )
+        raise refused(config, status, body)
     return status
+
+
+def refused(config: BenchConfig, status: int, body: bytes) -> AuthError:
+    """The error for a 401/403, with the fix that fits: a key to pass, check, or give a scope."""
+    said = f"HTTP {status}: {error_text(body)}"
+    if not config.api_key:
+        return AuthError(f"{config.url} needs an API key ({said}); pass --api-key or set SKYLIFT_API_KEY")
+    given = "the API key given with --api-key (or SKYLIFT_API_KEY)"
+    if status == 403:
+        return AuthError(
+            f"{config.url} refused {given} ({said}): it lacks the scope; "
+            "use a key made with `skylift keys create --scope predict`"
+        )
+    return AuthError(
+        f"{config.url} refused {given} ({said}): check it is a current key of this server "
+        "(`skylift keys list` on the server), or make one with `skylift keys create`"
+    )

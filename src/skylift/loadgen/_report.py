@@ -84,6 +84,17 @@ class BenchReport:
     """Share of one core each client process used; near 1.0 the generator limits the figures."""
 
     @property
+    def failed(self) -> int:
+        """Requests without a 2xx answer: error statuses, and requests that got no response."""
+        return self.requests - self.ok
+
+    @property
+    def mostly_failed(self) -> bool:
+        """More than half the requests failed (or none was measured): the figures describe the
+        errors, not the server's throughput."""
+        return self.failed * 2 > self.requests or self.ok == 0
+
+    @property
     def saturated(self) -> bool:
         """Some client process was busy >= 90% of the time: the figures may be the client's limit."""
         return any(c >= 0.9 for c in self.client_cpu)

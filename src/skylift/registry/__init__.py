@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from skylift.registry._listing import VersionInfo, sort_versions
 from skylift.registry._ref import ModelRef, parse_ref
-from skylift.registry._store import LoadedModel, ModelEntry, ModelVersion, Registry, Verification
+from skylift.registry._serving import spec_serve_section
+from skylift.registry._store import LoadedModel, ModelEntry, ModelVersion, Pruning, Registry, Verification
 from skylift.registry._summary import run_metadata
 from skylift.security import MasterKey
 
@@ -19,11 +21,15 @@ __all__ = [
     "ModelEntry",
     "ModelRef",
     "ModelVersion",
+    "Pruning",
     "Registry",
     "Verification",
+    "VersionInfo",
     "load_model",
     "parse_ref",
     "run_metadata",
+    "sort_versions",
+    "spec_serve_section",
 ]
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from skylift import __version__
-from skylift.errors import AuthError, IntegrityError, SpecError
+from skylift.errors import AuthError, IntegrityError, MasterKeyMissing, SpecError
 from skylift.registry import _manifest
 from skylift.security import MasterKey, decrypt, encrypt
 
@@ -84,6 +84,7 @@ def _model_json(
     lineage: Mapping[str, Any],
     files: Mapping[str, int],
     key: MasterKey | None,
+    serve: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     classes = list(meta["classes"])
     info: dict[str, Any] = {
@@ -109,6 +110,8 @@ def _model_json(
         "encrypted": key is not None,
         "files": dict(files),
     }
+    if serve is not None:
+        info["serve"] = dict(serve)  # the spec's serving defaults: `skylift serve` starts from them
     if key is not None:
         info["encryption"] = {"algorithm": "AES-256-GCM", "key_id": key.key_id}
     return info
@@ -122,14 +125,16 @@ def build_files(
     metrics: Mapping[str, Any],
     lineage: Mapping[str, Any],
     key: MasterKey | None,
+    serve: Mapping[str, Any] | None = None,
 ) -> dict[str, bytes]:
     """Every file of the version folder, MANIFEST.json included, as bytes ready to write.
 
-    `weights` comes from `prepare_weights` and the metadata passed `check_metadata`.
+    `weights` comes from `prepare_weights` and the metadata passed `check_metadata`; `serve` is a
+    validated `serve:` section or None.
     """
     file = WEIGHTS_ENC if key is not None else WEIGHTS
     stored = encrypt(key, weights, associated_data(name, version, file)) if key is not None else weights
-    info = _model_json(name, version, meta, metrics, lineage, {file: len(stored)}, key)
+    info = _model_json(name, version, meta, metrics, lineage, {file: len(stored)}, key, serve)
     blobs = {file: stored, MODEL_JSON: _json_bytes(info)}
     manifest = _manifest.build(blobs)
     if key is not None:
@@ -200,9 +205,10 @@ def check_decrypts(folder: Path, name: str, version: int, key: MasterKey) -> lis
 
 
 def check_key(info: Mapping[str, Any], key: MasterKey | None, where: str) -> MasterKey:
-    """The key that opens this encrypted version; AuthError when none is given or it is another key."""
+    """The key that opens this encrypted version; MasterKeyMissing when none is given, AuthError when
+    it is another key."""
     if key is None:
-        raise AuthError(
+        raise MasterKeyMissing(
             f"{where} is encrypted: set SKYLIFT_MASTER_KEY or pass --key-file "
             "with the key it was registered with"
         )

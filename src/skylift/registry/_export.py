@@ -13,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from skylift import _atomic
+from skylift._atomic import _fsync_dir
 from skylift.errors import SkyliftError, SpecError
 
 if TYPE_CHECKING:
@@ -98,12 +100,47 @@ def _torchscript(loaded: LoadedModel) -> bytes:
     return buf.getvalue()
 
 
-def export_model(loaded: LoadedModel, fmt: str, output: Path) -> Path:
-    """Write `loaded` as `fmt` to `output` (a folder gets `<name>-<version>.onnx|.pt`); return the path."""
+def export_target(output: Path, name: str, version: int, fmt: str, overwrite: bool) -> Path:
+    """The file an export writes (a folder gets `<name>-<version>.onnx|.pt`), checked before any work:
+    SpecError for an existing file without `overwrite`, or a folder that does not exist (a typo in
+    the path must not create folders)."""
     if fmt not in FORMATS:
         raise SpecError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if output.is_dir():
-        output = output / f"{loaded.name}-{loaded.version}{FORMATS[fmt]}"
-    data = _onnx(loaded) if fmt == "onnx" else _torchscript(loaded)
-    _atomic.write_bytes(output, data)
+        output = output / f"{name}-{version}{FORMATS[fmt]}"
+    if not output.parent.is_dir():
+        where = output.parent
+        raise SpecError(f"folder {where} does not exist; create it first (mkdir -p {where}) or fix the path")
+    if output.exists() and not overwrite:
+        raise SpecError(f"{output} already exists; pass --overwrite to replace it")
     return output
+
+
+def export_model(loaded: LoadedModel, fmt: str, output: Path, overwrite: bool = False) -> Path:
+    """Write `loaded` as `fmt` to `output` (see `export_target`), atomically; return the path."""
+    target = export_target(output, loaded.name, loaded.version, fmt, overwrite)
+    data = _onnx(loaded) if fmt == "onnx" else _torchscript(loaded)
+    _publish(data, target, overwrite)
+    return target
+
+
+def _publish(data: bytes, target: Path, overwrite: bool) -> None:
+    """Temp file beside `target`, fsync, then rename over it (`overwrite`) or hard-link it in, which
+    fails if a file appeared there during the export: no clobbering, even by a race."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, target)
+        else:
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                raise SpecError(f"{target} already exists; pass --overwrite to replace it") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    _fsync_dir(target.parent)

@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from skylift import _atomic
 from skylift._atomic import _fsync_dir  # the rename of a whole version folder needs it too
-from skylift.errors import IntegrityError, ModelNotFound, SpecError
+from skylift.errors import IntegrityError, ModelNotFound, SkyliftError, SpecError
 from skylift.registry import _artifact
+from skylift.registry._listing import VersionInfo, version_info
 from skylift.registry._ref import ModelRef, check_alias, check_name, check_version, parse_ref
+from skylift.registry._serving import run_serve_section, serve_section
 from skylift.security import MasterKey
 
 if TYPE_CHECKING:
@@ -104,6 +106,20 @@ class Verification:
         return not self.problems
 
 
+@dataclass(frozen=True)
+class Pruning:
+    """What `Registry.prune` deleted, or would delete in a dry run."""
+
+    name: str
+    delete: tuple[int, ...]
+    """Versions deleted (or to delete): beyond the newest `keep`, with no alias."""
+    keep: tuple[int, ...]
+    """Versions that stay: the newest `keep` and every aliased one."""
+    aliases: dict[str, int]
+    applied: bool
+    """False for a dry run: nothing was deleted."""
+
+
 def _as_key(master_key: bytes | MasterKey | None) -> MasterKey | None:
     if master_key is None or isinstance(master_key, MasterKey):
         return master_key
@@ -165,14 +181,24 @@ class Registry:
         meta: Mapping[str, Any],
         metrics: Mapping[str, Any] | None = None,
         lineage: Mapping[str, Any] | None = None,
+        serve: Mapping[str, Any] | None = None,
     ) -> ModelVersion:
-        """Store `state_dict` as the next version of `name`; `meta` is a skylift checkpoint's meta."""
+        """Store `state_dict` as the next version of `name`; `meta` is a skylift checkpoint's meta.
+
+        `serve`: the serving defaults to record (a spec's `serve:` section); when not given, the
+        section of the spec in the run folder `home/runs/<meta run_id>/`, if there is one.
+        """
         check_name(name)
         metrics, lineage = dict(metrics or {}), dict(lineage or {})
         _artifact.check_metadata(meta, metrics, lineage)  # bad input changes nothing on disk
+        defaults = (
+            serve_section(serve)
+            if serve is not None
+            else run_serve_section(self.root.parent, meta.get("run_id"))
+        )
         weights = _artifact.prepare_weights(state_dict)
         version = self._claim_version(name)
-        files = _artifact.build_files(name, version, weights, meta, metrics, lineage, self._key)
+        files = _artifact.build_files(name, version, weights, meta, metrics, lineage, self._key, defaults)
         folder = self.root / name
         tmp = folder / f".tmp-{version}-{secrets.token_hex(4)}"
         tmp.mkdir()
@@ -219,12 +245,30 @@ class Registry:
                 )
             if pointing:
                 _atomic.write_json(folder / ALIASES, {a: v for a, v in aliases.items() if v != version})
-            # Rename first: readers then see the version either whole or gone, never half-deleted.
-            trash = folder / f".deleted-{version}-{secrets.token_hex(4)}"
-            os.rename(folder / str(version), trash)
-            _fsync_dir(folder)
-            shutil.rmtree(trash)
+            _remove(folder, version)
         return pointing
+
+    def prune(self, name: str, keep: int, *, apply: bool = False) -> Pruning:
+        """Delete the versions of `name` beyond the `keep` newest, never one an alias points at.
+
+        Without `apply` it is a dry run: the plan, nothing deleted. Planned and applied under the
+        name's lock, so a promote cannot land between the plan and the deletes.
+        """
+        check_name(name)
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise SpecError(f"keep must be a whole number >= 1, got {keep!r}")
+        if not self._versions(name):  # before _locked, which would create the folder
+            raise ModelNotFound(self._unknown_name(name))
+        with self._locked(name) as folder:
+            versions = self._versions(name)
+            aliases = self._aliases(name)
+            newest, pinned = set(versions[-keep:]), set(aliases.values())
+            delete = tuple(v for v in versions if v not in newest and v not in pinned)
+            if apply:
+                for version in delete:
+                    _remove(folder, version)
+        kept = tuple(v for v in versions if v not in delete)
+        return Pruning(name, delete, kept, aliases, apply)
 
     # -- readers ---------------------------------------------------------------------------
 
@@ -272,6 +316,28 @@ class Registry:
                 if versions:
                     entries.append(ModelEntry(folder.name, tuple(versions), self._aliases(folder.name)))
         return entries
+
+    def versions(self, name: str) -> builtins.list[VersionInfo]:
+        """Every version of `name` with its monitored metric, creation time and aliases, ascending.
+
+        Each is checked against its manifest first; one that fails is listed with its `problem`
+        instead of its metadata, so one damaged version does not hide the others.
+        """
+        versions = self._versions(check_name(name))
+        if not versions:
+            raise ModelNotFound(self._unknown_name(name))
+        return [self._version_info(name, v, self._aliases(name)) for v in versions]
+
+    def _version_info(self, name: str, version: int, aliases: dict[str, int]) -> VersionInfo:
+        pointing = [a for a, v in aliases.items() if v == version]
+        try:
+            found = _artifact.inspect(self.root / name / str(version), name, version, self._key)
+        except SkyliftError as exc:  # e.g. encrypted under another master key
+            return VersionInfo(name, version, None, tuple(sorted(pointing)), None, None, str(exc))
+        if found.problems:
+            problem = "; ".join(found.problems)
+            return VersionInfo(name, version, None, tuple(sorted(pointing)), None, None, problem)
+        return version_info(name, version, found.info, pointing)
 
     def resolve(self, ref: str | ModelRef) -> tuple[str, int]:
         """(name, version) of a reference: NAME is the latest version, NAME@ALIAS follows the alias."""
@@ -348,20 +414,33 @@ class Registry:
         files = {f: dict(e) for f, e in found.manifest["files"].items()}
         return LoadedModel(module, found.info, name, version, files)
 
-    def export(self, ref: str | ModelRef, fmt: str, output: Path | str) -> Path:
+    def export(self, ref: str | ModelRef, fmt: str, output: Path | str, overwrite: bool = False) -> Path:
         """Write the verified model as `fmt` "onnx" (dynamic batch) or "torchscript" to `output`, atomically.
 
-        A folder as `output` receives `<name>-<version>.onnx|.pt`. An encrypted version is written
-        in the clear: export is an explicit decision to take the model out of the registry.
+        A folder as `output` receives `<name>-<version>.onnx|.pt`. An existing file is replaced only
+        with `overwrite`, and a missing folder is never created (SpecError, before any work). An
+        encrypted version is written in the clear: export is an explicit decision to take the model
+        out of the registry.
         """
-        from skylift.registry._export import export_model
+        from skylift.registry._export import export_model, export_target
 
-        return export_model(self.load(ref), fmt, Path(output))
+        name, version = self.resolve(ref)
+        export_target(Path(output), name, version, fmt, overwrite)  # refuse before the slow part
+        return export_model(self.load(f"{name}:{version}"), fmt, Path(output), overwrite)
 
 
 def _ranges(versions: builtins.list[int]) -> str:
     shown = ", ".join(str(v) for v in versions[-10:])
     return f"..., {shown}" if len(versions) > 10 else shown
+
+
+def _remove(folder: Path, version: int) -> None:
+    """Delete one version folder; the caller holds the name's lock."""
+    # Rename first: readers then see the version either whole or gone, never half-deleted.
+    trash = folder / f".deleted-{version}-{secrets.token_hex(4)}"
+    os.rename(folder / str(version), trash)
+    _fsync_dir(folder)
+    shutil.rmtree(trash)
 
 
 def _remove_stale_temps(folder: Path) -> None:

@@ -297,7 +297,8 @@ def _register(run: RunDir, spec: JobSpec, summary: dict[str, Any], home: Path, k
             return str(previous)
     best = checkpoint.load(run.best)
     metrics, lineage = run_metadata(summary)
-    version = Registry(home, key).register(spec.name, best["model"], best["meta"], metrics, lineage)
+    serve = spec.serve.model_dump(mode="json")  # this session's: a resume may have edited it
+    version = Registry(home, key).register(spec.name, best["model"], best["meta"], metrics, lineage, serve)
     return str(version.ref)
 
 

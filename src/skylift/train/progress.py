@@ -11,9 +11,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 
-def _fmt(value: Any) -> str:
+def _fmt(column: str, value: Any) -> str:
+    # A rate reads in whole samples (one decimal as measured); losses and scores need four.
     if isinstance(value, float):
-        return f"{value:,.1f}" if value >= 1000 else f"{value:.4f}"
+        return f"{value:,.1f}" if column == "samples_per_s" or value >= 1000 else f"{value:.4f}"
     return str(value)
 
 
@@ -66,7 +67,7 @@ class TrainDisplay:
         self.progress.advance(self.task, samples)
 
     def epoch(self, row: dict[str, Any]) -> None:
-        self.table.add_row(*(_fmt(row[c]) for c in EPOCH_COLUMNS))
+        self.table.add_row(*(_fmt(c, row[c]) for c in EPOCH_COLUMNS))
         nxt = min(row["epoch"] + 1, self.epochs)
         self.progress.reset(
             self.task, description=f"epoch {nxt}/{self.epochs}", rate=f"{row['samples_per_s']:,.0f} samples/s"

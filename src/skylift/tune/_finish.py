@@ -81,5 +81,8 @@ def _register(
     best = checkpoint.load(run.best)
     metrics, lineage = run_metadata(run.read_summary())
     lineage.update({"study": plan.study, "trial": number, "study_storage": plan.storage.shown()})
-    version = Registry(plan.home, key).register(plan.spec.name, best["model"], best["meta"], metrics, lineage)
+    serve = plan.spec.serve.model_dump(mode="json")
+    version = Registry(plan.home, key).register(
+        plan.spec.name, best["model"], best["meta"], metrics, lineage, serve
+    )
     return str(version.ref)

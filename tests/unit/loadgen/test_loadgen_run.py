@@ -77,9 +77,15 @@ def test_features_when_the_server_has_no_metadata() -> None:
 
 
 def test_refused_key_and_unreachable_server() -> None:
-    with V2Server(lambda n: 401) as srv, pytest.raises(AuthError, match="pass --api-key"):
-        bench(srv.url, api_key="wrong")
-    assert srv.headers_seen[0]["authorization"] == "Bearer wrong"
+    with V2Server(lambda n: 401) as srv:
+        # A key was passed: the fix is another key, not "pass --api-key".
+        with pytest.raises(AuthError, match=r"refused the API key given with --api-key .*skylift keys"):
+            bench(srv.url, api_key="wrong")
+        assert srv.headers_seen[0]["authorization"] == "Bearer wrong"
+        with pytest.raises(AuthError, match=r"needs an API key .*; pass --api-key or set SKYLIFT_API_KEY"):
+            bench(srv.url)
+    with V2Server(lambda n: 403) as srv, pytest.raises(AuthError, match="it lacks the scope"):
+        bench(srv.url, api_key="metrics-only")
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}"

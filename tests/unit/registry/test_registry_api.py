@@ -22,11 +22,15 @@ def test_public_names_are_pinned() -> None:
         "ModelEntry",
         "ModelRef",
         "ModelVersion",
+        "Pruning",
         "Registry",
         "Verification",
+        "VersionInfo",
         "load_model",
         "parse_ref",
         "run_metadata",
+        "sort_versions",
+        "spec_serve_section",
     ]
     assert skylift.security.__all__ == [
         "MASTER_KEY_ENV",

@@ -66,8 +66,11 @@ def test_loading_without_the_key_is_an_auth_error(sealed: Registry, tmp_path: Pa
     tiny = make_tiny()
     sealed.register("tiny", tiny.state, tiny.meta)
     plain = Registry(tmp_path / "home")
-    with pytest.raises(AuthError, match="tiny:1 is encrypted: set SKYLIFT_MASTER_KEY or pass --key-file"):
+    with pytest.raises(
+        AuthError, match="tiny:1 is encrypted: set SKYLIFT_MASTER_KEY or pass --key-file"
+    ) as info:
         plain.load("tiny")
+    assert info.value.exit_code == 2  # a missing input, unlike a wrong key (exit 1)
     assert plain.verify("tiny") == []  # hashes are checked without the key (but not authenticated)
     assert plain.info("tiny")["encrypted"] is True
 
