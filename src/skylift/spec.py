@@ -59,6 +59,13 @@ def _admits_bool(annotation: Any) -> bool:
     return annotation is bool or bool in get_args(annotation) or annotation is Any
 
 
+class TokenizerSpec(_Frozen):
+    train: Literal["bpe"] = "bpe"
+    """Train a byte-level BPE tokenizer on the training split."""
+    vocab_size: int = Field(default=8192, ge=258, le=1 << 20)
+    """Tokens in the vocabulary, special tokens included (at least the 256 bytes + <pad> + <eos>)."""
+
+
 class DataSpec(_Frozen):
     train: str
     """Source of training data: builtin:NAME, .npz, .npy (or "x.npy,y.npy"), .csv, .parquet, IDX."""
@@ -69,7 +76,22 @@ class DataSpec(_Frozen):
     validation_split: float = Field(default=0.1, gt=0.0, lt=1.0)
     """Fraction of train held out (stratified, seeded) for validation and checkpoint selection."""
     label_column: str = "label"
-    """Column holding the class label in .csv and .parquet sources."""
+    """Column holding the class label in .csv, .parquet and .jsonl sources."""
+    text_column: str | None = None
+    """Column holding the text in .csv, .parquet and .jsonl sources: a text model (token ids in)."""
+    target_columns: list[str] | None = None
+    """Columns holding the numeric targets of a regression task (default: the last column)."""
+    tokenizer: TokenizerSpec | str | None = None
+    """Text tokenizer: {train: bpe, vocab_size: N} trained on the training split, or a tokenizer.json path."""
+    block_size: int | None = Field(default=None, ge=2)
+    """Tokens per packed language-modelling block; the max length (truncation) for text classifiers."""
+
+    @field_validator("target_columns")
+    @classmethod
+    def _targets_named(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or len(set(v)) != len(v)):
+            raise ValueError(f"must be a non-empty list of distinct column names, got {v}")
+        return v
 
 
 class ModelSpec(_Frozen):
@@ -117,8 +139,33 @@ class OptimizerSpec(_Frozen):
     """Adam epsilon; 1e-7 as in Keras (torch's default is 1e-8)."""
 
 
-_MONITORS = Literal["val_loss", "val_accuracy", "val_f1", "val_precision", "val_recall"]
-_HIGHER_IS_BETTER: dict[str, bool] = {m: m != "val_loss" for m in get_args(_MONITORS)}
+TaskName = Literal["classification", "regression", "language_modeling"]
+# Each task's validation metrics (the contract with skylift.tasks, which computes them): the
+# monitor and tune metric must be one of its task's.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("val_loss", "val_accuracy", "val_f1", "val_precision", "val_recall"),
+    "regression": ("val_loss", "val_mae", "val_rmse", "val_r2"),
+    "language_modeling": ("val_loss", "val_perplexity", "val_bits_per_byte"),
+}
+_MONITORS = Literal[
+    "val_loss",
+    "val_accuracy",
+    "val_f1",
+    "val_precision",
+    "val_recall",
+    "val_mae",
+    "val_rmse",
+    "val_r2",
+    "val_perplexity",
+    "val_bits_per_byte",
+]
+_LOWER_IS_BETTER = {"val_loss", "val_mae", "val_rmse", "val_perplexity", "val_bits_per_byte"}
+_HIGHER_IS_BETTER: dict[str, bool] = {m: m not in _LOWER_IS_BETTER for m in get_args(_MONITORS)}
+_TASK_LOSSES: dict[str, tuple[str, ...]] = {
+    "classification": ("cross_entropy",),
+    "regression": ("mse", "huber"),
+    "language_modeling": ("cross_entropy",),
+}
 
 
 def higher_is_better(metric: str) -> bool:
@@ -161,14 +208,31 @@ class CheckpointSpec(_Frozen):
         return self
 
 
+class ScheduleSpec(_Frozen):
+    warmup_steps: int = Field(default=0, ge=0)
+    """Optimizer steps of linear warm-up from 0 to the learning rate."""
+    decay: Literal["none", "cosine", "linear"] = "none"
+    """After warm-up: keep the rate, or decay it (cosine or linear) to `min_lr_ratio` x lr at the end."""
+    min_lr_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    """The decayed rate at the end, as a fraction of `optimizer.lr`."""
+
+
 class TrainSpec(_Frozen):
     epochs: int = Field(default=10, ge=1)
     """Passes over the training data."""
     batch_size: int = Field(default=64, ge=1)
     """Global batch size (split over data-parallel workers)."""
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
-    loss: Literal["cross_entropy"] = "cross_entropy"
-    """Training loss on the model's logits."""
+    loss: Literal["cross_entropy", "mse", "huber"] | None = None
+    """Training loss: cross_entropy (classification, language modelling), mse or huber (regression);
+    left out, the task's default (cross_entropy; mse for regression)."""
+    huber_delta: float = Field(default=1.0, gt=0.0)
+    """Where the huber loss turns from quadratic to linear."""
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    clip_grad_norm: float | None = Field(default=None, gt=0.0)
+    """Clip the gradients' global L2 norm to this before each optimizer step; null: no clipping."""
+    accumulate: int = Field(default=1, ge=1)
+    """Optimizer step every K batches (gradients summed): the same update as a K-times bigger batch."""
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
     """Cross-entropy label smoothing."""
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
@@ -305,6 +369,8 @@ class ServeSpec(_Frozen):
 class JobSpec(_Frozen):
     name: str
     """Model name in the registry: lowercase letters, digits, '.', '_', '-'."""
+    task: TaskName = "classification"
+    """What the model learns: classification, regression or language_modeling (loss, metrics, outputs)."""
     data: DataSpec
     model: ModelSpec
     train: TrainSpec = Field(default_factory=TrainSpec)
@@ -321,6 +387,49 @@ class JobSpec(_Frozen):
                 f"starting with a letter or digit, got {v!r}"
             )
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, data: Any) -> Any:
+        """A task other than classification monitors and tunes its val_loss unless told otherwise."""
+        if not isinstance(data, dict) or data.get("task") in (None, "classification"):
+            return data
+        tune = data.get("tune")
+        if tune is None or (isinstance(tune, dict) and tune.get("metric") is None):
+            return {**data, "tune": {**(tune or {}), "metric": "val_loss"}}
+        return data
+
+    @model_validator(mode="after")
+    def _fits_the_task(self) -> JobSpec:
+        allowed = TASK_METRICS[self.task]
+        for field, metric in (
+            ("train.checkpoint.monitor", self.train.checkpoint.monitor),
+            ("tune.metric", self.tune.metric),
+        ):
+            if metric not in allowed:
+                raise ValueError(
+                    f"{field} {metric} is not a metric of the {self.task} task: "
+                    f"use one of {', '.join(allowed)}"
+                )
+        loss = self.train.loss
+        if loss is not None and loss not in _TASK_LOSSES[self.task]:
+            raise ValueError(
+                f"train.loss {loss} does not fit the {self.task} task: "
+                f"use {' or '.join(_TASK_LOSSES[self.task])}"
+            )
+        d = self.data
+        text = self.task == "language_modeling" or d.text_column is not None
+        if text and d.tokenizer is None:
+            raise ValueError(
+                "data.tokenizer is needed for text: {train: bpe, vocab_size: N} or a tokenizer.json path"
+            )
+        if not text and d.tokenizer is not None:
+            raise ValueError("data.tokenizer applies to text only: set data.text_column, or remove it")
+        if self.task == "language_modeling" and d.block_size is None:
+            raise ValueError("data.block_size is needed for language_modeling: the tokens per training block")
+        if d.target_columns is not None and self.task != "regression":
+            raise ValueError(f"data.target_columns applies to regression, not {self.task}")
+        return self
 
     @model_validator(mode="after")
     def _space_paths_exist(self) -> JobSpec:

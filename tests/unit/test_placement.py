@@ -27,12 +27,12 @@ def _net(overrides: list[str], shape: tuple[int, ...]) -> torch.nn.Module:
 def test_step_flops_counts_forward_and_backward_and_leaves_the_model_alone() -> None:
     net = _net([], (784,))
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    x, y = torch.rand(8, 784), torch.arange(8) % 10
+    x = torch.rand(8, 784)
     rng = torch.get_rng_state()
-    flops = step_flops(net, x, y, batch=64)
+    flops = step_flops(net, x, batch=64)
     # forward 2*rows*(784*256 + 256*128 + 128*10) multiply-adds; backward twice that (no input grad
     # for the first layer's input): exactly what torch's counter reports, the same on every call.
-    assert flops == step_flops(net, x, y, batch=64)
+    assert flops == step_flops(net, x, batch=64)
     assert 60e6 < flops < 70e6
     assert net.training
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # batch-norm stats too
@@ -42,13 +42,12 @@ def test_step_flops_counts_forward_and_backward_and_leaves_the_model_alone() -> 
 
 def test_the_mlp_stays_in_one_process_and_the_cnn_splits_over_two_cores() -> None:
     x = torch.rand(2, 784)
-    y = torch.arange(2)
-    mlp = step_flops(_net([], (784,)), x, y, batch=64)
+    mlp = step_flops(_net([], (784,)), x, batch=64)
     workers, reason = choose_workers(mlp, batch=64, cores=2, gpus=0)
     assert workers == 1
     assert reason.startswith("workers auto: 1 (a step is ~0.0645 GFLOP: split over 2 workers ~1.6 ms each")
     cnn_net = _net(["model.input_shape=[1, 28, 28]", CNN], (1, 28, 28))
-    cnn = step_flops(cnn_net, torch.rand(2, 1, 28, 28), y, batch=64)
+    cnn = step_flops(cnn_net, torch.rand(2, 1, 28, 28), batch=64)
     workers, reason = choose_workers(cnn, batch=64, cores=2, gpus=0)
     assert workers == 2
     assert reason.startswith("workers auto: 2 (a step is ~4.58 GFLOP: ~115 ms per worker on one core")

@@ -103,6 +103,7 @@ def _run_training(spec: Any, args: argparse.Namespace, run_id: str | None) -> An
         getattr(args, "node_rank", 0),
         getattr(args, "rdzv_endpoint", None),
         run=run if run is not None and run.spec.is_file() else None,
+        home=args.home,
     )
     if placement.reason:
         console.print(placement.reason)
@@ -137,9 +138,24 @@ def _report(console: Any, s: dict[str, Any], run_dir: Path) -> None:
     )
     if "test" in s:
         t = s["test"]
+        shown = [
+            k
+            for k in (
+                "accuracy",
+                "precision",
+                "recall",
+                "f1",
+                "mae",
+                "rmse",
+                "r2",
+                "perplexity",
+                "bits_per_byte",
+            )
+            if k in t
+        ]
         console.print(
-            f"test ({t['n']} samples): accuracy={t['accuracy']:.4f} precision={t['precision']:.4f} "
-            f"recall={t['recall']:.4f} f1={t['f1']:.4f}"
+            f"test ({t['n']} samples): "
+            + " ".join(f"{k}={t[k]:.4f}" for k in ["loss", *shown][1:] or ["loss"])
         )
     console.print(f"run folder: {run_dir}")
     if s.get("registered"):

@@ -21,21 +21,29 @@ def stratified_split(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, 
     least 1 when fraction > 0 and n_c >= 2, and never all of them: rest keeps >= 1 of every class
     it had (a class with 1 sample stays in rest). Same data, fraction and seed -> same split.
     """
+    rest, held = stratified_rows(ds.y, len(ds.classes), fraction, seed)
+    return ds.subset(rest), ds.subset(held)
+
+
+def stratified_rows(
+    y: np.ndarray, n_classes: int, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, held_out) row indices of `stratified_split`, both sorted, for class ids `y`."""
     if not 0.0 <= fraction < 1.0:
         raise DataError(f"a hold-out fraction must be in [0, 1), got {fraction}")
-    counts_C = np.bincount(ds.y, minlength=len(ds.classes))
+    counts_C = np.bincount(y, minlength=n_classes)
     take_C = np.rint(fraction * counts_C).astype(np.int64)
     if fraction > 0:
         take_C = np.maximum(take_C, (counts_C >= 2).astype(np.int64))
     take_C = np.minimum(take_C, np.maximum(counts_C - 1, 0))
     # Rows grouped by class, random order within each class: a random permutation, stably sorted.
-    perm_N = np.random.default_rng(seed).permutation(len(ds))
-    grouped_N = perm_N[np.argsort(ds.y[perm_N], kind="stable")]
+    perm_N = np.random.default_rng(seed).permutation(len(y))
+    grouped_N = perm_N[np.argsort(y[perm_N], kind="stable")]
     starts_C = np.concatenate(([0], np.cumsum(counts_C)[:-1]))
-    classes_N = ds.y[grouped_N]
-    rank_N = np.arange(len(ds)) - starts_C[classes_N]  # position within its class group
+    classes_N = y[grouped_N]
+    rank_N = np.arange(len(y)) - starts_C[classes_N]  # position within its class group
     held_N = rank_N < take_C[classes_N]
-    return ds.subset(np.sort(grouped_N[~held_N])), ds.subset(np.sort(grouped_N[held_N]))
+    return np.sort(grouped_N[~held_N]), np.sort(grouped_N[held_N])
 
 
 def load_splits(spec: DataSpec, seed: int) -> Splits:

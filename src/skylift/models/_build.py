@@ -6,6 +6,7 @@ import difflib
 import operator
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -13,18 +14,26 @@ from torch import nn
 
 from skylift.errors import SpecError
 from skylift.models._factory import build_factory
-from skylift.models._layers import LAYERS, LayerProblem, fmt
+from skylift.models._layers import LAYERS, Context, LayerProblem, fmt
 from skylift.models._probe import check_output_shape, first_line, run_dummy
+from skylift.models._stack import LayerStack
+from skylift.models._tokens import TokenEmbedding
 from skylift.spec import ModelSpec
 
 
-def build_model(spec: ModelSpec, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
-    """Build the model for per-sample `input_shape` with `n_classes` output logits.
+def build_model(
+    spec: ModelSpec, input_shape: tuple[int, ...], n_outputs: int, *, vocab_size: int | None = None
+) -> nn.Module:
+    """Build the model for per-sample `input_shape` with `n_outputs` outputs.
 
-    `input_shape` is already resolved (spec.input_shape, or the data's shape). The model takes
-    float32 x of shape (B, *input_shape) and returns logits (B, n_classes); it comes back in
-    training mode, on the CPU. Every layer's output shape is checked at build time by running a
-    zero batch of 2 through it in eval mode under no_grad. Raises SpecError naming the layer.
+    `input_shape` is already resolved (spec.input_shape, or the data's shape; (T,) for token ids:
+    the block size or max length). `n_outputs` counts classes, regression targets, or, for a
+    language model, the vocabulary. `vocab_size` is the tokenizer's, given when the input is token
+    ids; token_embedding and lm_head take it from here. The model maps x of shape
+    (B, *input_shape), float32 or int64 token ids, to (B, n_outputs), or to per-token logits
+    (B, T, V) when n_outputs == vocab_size (a language model). It comes back in training mode,
+    on the CPU. Every layer's output shape is checked at build time by running a dummy batch of 2
+    through it in eval mode under no_grad. Raises SpecError naming the layer.
     """
     try:
         shape = tuple(operator.index(d) for d in input_shape)  # numpy ints welcome, floats not
@@ -34,33 +43,52 @@ def build_model(spec: ModelSpec, input_shape: tuple[int, ...], n_classes: int) -
         raise SpecError(
             f"model.input_shape must be a non-empty list of positive sizes, got {list(input_shape)}"
         )
-    if n_classes < 1:
-        raise SpecError(f"the data must have at least 1 class, got n_classes={n_classes}")
+    if n_outputs < 1:
+        raise SpecError(f"the data must have at least 1 class or target, got n_outputs={n_outputs}")
+    if vocab_size is not None and vocab_size < 2:
+        raise SpecError(f"the tokenizer's vocab_size must be >= 2 (id 0 is padding), got {vocab_size}")
+    # per-token logits are wanted exactly when the outputs are the vocabulary: a language model
+    per_token = shape[0] if vocab_size is not None and n_outputs == vocab_size else None
     if spec.factory is not None:
-        return build_factory(spec.factory, spec.kwargs, shape, n_classes)
+        return build_factory(spec.factory, spec.kwargs, shape, n_outputs, vocab_size=vocab_size)
     if not spec.layers:
         raise SpecError("model.layers must hold at least one layer")
-    model = build_layers(spec.layers, shape, n_classes)
+    model = build_layers(spec.layers, shape, n_outputs, vocab_size=vocab_size, per_token=per_token)
     if spec.init == "glorot_uniform":
         glorot_init(model)
     return model
 
 
-def build_layers(layers: Sequence[Any], input_shape: tuple[int, ...], n_classes: int) -> nn.Sequential:
-    """An nn.Sequential of the declarative layers, children named `{type}_{index}` (dense_0, ...)."""
+def build_layers(
+    layers: Sequence[Any],
+    input_shape: tuple[int, ...],
+    n_outputs: int,
+    *,
+    vocab_size: int | None = None,
+    per_token: int | None = None,
+) -> LayerStack:
+    """A LayerStack (an nn.Sequential) of the declarative layers, children named `{type}_{index}`.
+
+    Children are named dense_0, token_embedding_0, ... The stack reads token ids when the first
+    layer is a token_embedding, and then hands the padding mask to the layers that take it.
+    """
     children: OrderedDict[str, nn.Module] = OrderedDict()
     shape = input_shape
+    ctx = Context(index=0, vocab_size=vocab_size)
     for i, entry in enumerate(layers):
         kind, raw = _split_entry(i, entry)
         where = f"model.layers[{i}] ({kind})"
         params = _validate(where, LAYERS[kind].params, raw)
+        ctx = replace(ctx, index=i)
         try:
-            module = LAYERS[kind].build(params, shape)
+            module = LAYERS[kind].build(params, shape, ctx)
         except LayerProblem as exc:
             field = f".{exc.field}" if exc.field else ""
             raise SpecError(f"{where}{field}: {exc}") from None
+        if isinstance(module, TokenEmbedding):  # always layer 0: its builder checks
+            ctx = replace(ctx, embedding=module)
         try:
-            out = run_dummy(module, shape)
+            out = run_dummy(module, shape, token_ids=module is ctx.embedding)
         except Exception as exc:  # torch's own shape checks: kernel larger than input, ...
             raise SpecError(f"{where}: cannot run on input {fmt(shape)}: {first_line(exc)}") from None
         out_shape = tuple(out.shape[1:])
@@ -68,8 +96,8 @@ def build_layers(layers: Sequence[Any], input_shape: tuple[int, ...], n_classes:
             raise SpecError(f"{where}: output shape {fmt(out_shape)} on input {fmt(shape)} is empty")
         children[f"{kind}_{i}"] = module
         shape = out_shape
-    check_output_shape(shape, n_classes)
-    return nn.Sequential(children)
+    check_output_shape(shape, n_outputs, per_token)
+    return LayerStack(children, token_ids=ctx.embedding is not None)
 
 
 def _split_entry(i: int, entry: Any) -> tuple[str, Any]:
@@ -129,8 +157,8 @@ def glorot_init(model: nn.Module) -> None:
 
     Why not torch's default (Kaiming-uniform with a=sqrt(5), nonzero bias): the seed MNIST MLP
     reaches Keras-level accuracy with Keras' defaults, and users port models from Keras. Linear
-    layers inside transformer blocks are included; recurrent and embedding weights keep torch's
-    init.
+    layers inside transformer and decoder blocks are included; recurrent and `embedding` weights
+    keep torch's init, token_embedding and untied lm_head weights their GPT-2 init (normal, std 0.02).
     """
     for module in model.modules():
         if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d):

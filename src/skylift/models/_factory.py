@@ -13,13 +13,20 @@ from skylift.models._probe import check_logits, first_line, run_dummy
 
 
 def build_factory(
-    ref: str, kwargs: dict[str, Any], input_shape: tuple[int, ...], n_classes: int
+    ref: str,
+    kwargs: dict[str, Any],
+    input_shape: tuple[int, ...],
+    n_outputs: int,
+    *,
+    vocab_size: int | None = None,
 ) -> nn.Module:
     """Import only `ref`'s module, call its function with `kwargs`, check the output on a dummy batch.
 
-    The factory owns its weight init (model.init does not apply). Every failure is one SpecError
-    line naming the factory: bad reference, import error, missing attribute, an exception in the
-    call, a result that is not an nn.Module, or a model whose output is not (B, n_classes).
+    The factory owns its weight init (model.init does not apply). With `vocab_size` the dummy
+    batch is int64 token ids, and when n_outputs == vocab_size the output must be per-token
+    logits (B, T, V). Every failure is one SpecError line naming the factory: bad reference,
+    import error, missing attribute, an exception in the call, a result that is not an
+    nn.Module, or a model whose output is not (B, n_outputs).
     """
     where = f"model.factory {ref!r}"
     module_path, _, func_name = ref.partition(":")
@@ -41,10 +48,11 @@ def build_factory(
     if not isinstance(model, nn.Module):
         raise SpecError(f"{where}: returned a {type(model).__name__} value, expected a torch.nn.Module")
     try:
-        out = run_dummy(model, input_shape)
+        out = run_dummy(model, input_shape, token_ids=vocab_size is not None)
     except Exception as exc:
         raise SpecError(
             f"{where}: the model fails on a dummy batch of input {fmt(input_shape)}: {first_line(exc)}"
         ) from None
-    check_logits(out, n_classes)
+    per_token = input_shape[0] if vocab_size is not None and n_outputs == vocab_size else None
+    check_logits(out, n_outputs, per_token)
     return model

@@ -1,35 +1,43 @@
 """One builder per declarative layer type, and the registry that maps type names to them.
 
-A builder gets the layer's validated parameters and the per-sample input shape (batch dim left
-out) and returns the module; it raises LayerProblem when the input shape or a parameter cannot
-work. Output shapes are not computed here: the caller runs a dummy batch through the module.
+A builder gets the layer's validated parameters, the per-sample input shape (batch dim left
+out) and the build Context, and returns the module; it raises LayerProblem when the input shape
+or a parameter cannot work. Output shapes are not computed here: the caller runs a dummy batch
+through the module.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel
 from torch import nn
 
 from skylift.models import _modules as m
+from skylift.models import _tokens as tok
+from skylift.models import _transformer as tf
 from skylift.models._params import (
     ActivationParams,
     BatchNormParams,
     ConvParams,
+    DecoderBlockParams,
     DenseParams,
     DropoutParams,
     EmbeddingParams,
     FlattenParams,
     GlobalAvgPoolParams,
     LayerNormParams,
+    LMHeadParams,
+    NormParams,
     PoolParams,
     PositionEmbeddingParams,
     RecurrentParams,
     ReshapeParams,
+    SequencePoolParams,
+    TokenEmbeddingParams,
     TransformerEncoderParams,
 )
 
@@ -42,6 +50,18 @@ class LayerProblem(Exception):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a builder may need beyond its parameters and input shape."""
+
+    index: int
+    """Position of the layer in model.layers."""
+    vocab_size: int | None = None
+    """The tokenizer's vocabulary size; None when the input is not token ids."""
+    embedding: tok.TokenEmbedding | None = field(default=None, repr=False)
+    """The model's token embedding, once built: what a tied lm_head shares its weight with."""
 
 
 def fmt(shape: Shape | list[int]) -> str:
@@ -64,33 +84,33 @@ def _per_dim(value: int | tuple[int, ...], dims: int, field: str) -> tuple[int, 
     return value
 
 
-def _dense(p: DenseParams, shape: Shape) -> nn.Module:
+def _dense(p: DenseParams, shape: Shape, ctx: Context) -> nn.Module:
     return m.Dense(shape[-1], p.units, p.bias, m.make_activation(p.activation))
 
 
-def _dropout(p: DropoutParams, shape: Shape) -> nn.Module:
+def _dropout(p: DropoutParams, shape: Shape, ctx: Context) -> nn.Module:
     return nn.Dropout(p.rate)
 
 
-def _batchnorm(p: BatchNormParams, shape: Shape) -> nn.Module:
+def _batchnorm(p: BatchNormParams, shape: Shape, ctx: Context) -> nn.Module:
     _need_rank(shape, (1, 2, 3), "[features], [channels, length] or [channels, height, width]")
     cls = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
     return cls(shape[0], eps=p.eps, momentum=p.momentum)
 
 
-def _layernorm(p: LayerNormParams, shape: Shape) -> nn.Module:
+def _layernorm(p: LayerNormParams, shape: Shape, ctx: Context) -> nn.Module:
     return nn.LayerNorm(shape[-1], eps=p.eps)
 
 
-def _activation(p: ActivationParams, shape: Shape) -> nn.Module:
+def _activation(p: ActivationParams, shape: Shape, ctx: Context) -> nn.Module:
     return m.make_activation(p.name)
 
 
-def _flatten(p: FlattenParams, shape: Shape) -> nn.Module:
+def _flatten(p: FlattenParams, shape: Shape, ctx: Context) -> nn.Module:
     return nn.Flatten()
 
 
-def _reshape(p: ReshapeParams, shape: Shape) -> nn.Module:
+def _reshape(p: ReshapeParams, shape: Shape, ctx: Context) -> nn.Module:
     count = math.prod(shape)
     known = math.prod(d for d in p.shape if d != -1)
     target = list(p.shape)
@@ -141,11 +161,11 @@ def _conv(p: ConvParams, shape: Shape, dims: int) -> nn.Module:
     return cls(shape[0], p.filters, kernel, stride, padding, pad, act)
 
 
-def _conv1d(p: ConvParams, shape: Shape) -> nn.Module:
+def _conv1d(p: ConvParams, shape: Shape, ctx: Context) -> nn.Module:
     return _conv(p, shape, 1)
 
 
-def _conv2d(p: ConvParams, shape: Shape) -> nn.Module:
+def _conv2d(p: ConvParams, shape: Shape, ctx: Context) -> nn.Module:
     return _conv(p, shape, 2)
 
 
@@ -160,24 +180,24 @@ def _pool(p: PoolParams, shape: Shape, average: bool) -> nn.Module:
     return nn.AvgPool2d(size2, stride2) if average else nn.MaxPool2d(size2, stride2)
 
 
-def _maxpool(p: PoolParams, shape: Shape) -> nn.Module:
+def _maxpool(p: PoolParams, shape: Shape, ctx: Context) -> nn.Module:
     return _pool(p, shape, average=False)
 
 
-def _avgpool(p: PoolParams, shape: Shape) -> nn.Module:
+def _avgpool(p: PoolParams, shape: Shape, ctx: Context) -> nn.Module:
     return _pool(p, shape, average=True)
 
 
-def _global_avgpool(p: GlobalAvgPoolParams, shape: Shape) -> nn.Module:
+def _global_avgpool(p: GlobalAvgPoolParams, shape: Shape, ctx: Context) -> nn.Module:
     _need_rank(shape, (2, 3), "[channels, length] or [channels, height, width]")
     return m.GlobalAvgPool()
 
 
-def _embedding(p: EmbeddingParams, shape: Shape) -> nn.Module:
-    return m.TokenEmbedding(p.vocab_size, p.dim)
+def _embedding(p: EmbeddingParams, shape: Shape, ctx: Context) -> nn.Module:
+    return m.IdEmbedding(p.vocab_size, p.dim)
 
 
-def _position_embedding(p: PositionEmbeddingParams, shape: Shape) -> nn.Module:
+def _position_embedding(p: PositionEmbeddingParams, shape: Shape, ctx: Context) -> nn.Module:
     _need_rank(shape, (2,), "[length, dim]")
     return m.PositionEmbedding(shape[0], shape[1])
 
@@ -193,15 +213,15 @@ def _recurrent(p: RecurrentParams, shape: Shape, kind: Literal["lstm", "gru"]) -
     return m.Recurrent(kind, shape[1], p.units, p.num_layers, p.bidirectional, p.return_sequences, p.dropout)
 
 
-def _lstm(p: RecurrentParams, shape: Shape) -> nn.Module:
+def _lstm(p: RecurrentParams, shape: Shape, ctx: Context) -> nn.Module:
     return _recurrent(p, shape, "lstm")
 
 
-def _gru(p: RecurrentParams, shape: Shape) -> nn.Module:
+def _gru(p: RecurrentParams, shape: Shape, ctx: Context) -> nn.Module:
     return _recurrent(p, shape, "gru")
 
 
-def _transformer_encoder(p: TransformerEncoderParams, shape: Shape) -> nn.Module:
+def _transformer_encoder(p: TransformerEncoderParams, shape: Shape, ctx: Context) -> nn.Module:
     _need_rank(shape, (2,), "[length, dim]")
     d_model = shape[1]
     if d_model % p.heads:
@@ -212,12 +232,79 @@ def _transformer_encoder(p: TransformerEncoderParams, shape: Shape) -> nn.Module
     return m.TransformerEncoder(d_model, p.heads, p.ff_dim, p.num_layers, p.dropout, p.pool)
 
 
+def _norm(p: NormParams, shape: Shape, ctx: Context) -> nn.Module:
+    return tf.make_norm(p.kind, shape[-1], p.eps)
+
+
+def _need_vocab(ctx: Context) -> int:
+    if ctx.vocab_size is None:
+        raise LayerProblem(
+            "needs the vocabulary size, which comes from the tokenizer (data.tokenizer), "
+            "but the data gives none: use it with a text dataset and a tokenizer"
+        )
+    return ctx.vocab_size
+
+
+def _token_embedding(p: TokenEmbeddingParams, shape: Shape, ctx: Context) -> nn.Module:
+    if ctx.index != 0:
+        raise LayerProblem("must be the first layer: it reads the token ids")
+    _need_rank(shape, (1,), "[length] (token ids)")
+    return tok.TokenEmbedding(_need_vocab(ctx), p.dim)
+
+
+def _decoder_block(p: DecoderBlockParams, shape: Shape, ctx: Context) -> nn.Module:
+    _need_rank(shape, (2,), "[length, dim] (e.g. after token_embedding)")
+    length, dim = shape
+    if dim % p.heads:
+        raise LayerProblem(
+            f"{p.heads} does not divide the input's last dim {dim}; use a divisor of {dim}", "heads"
+        )
+    if p.positions == "rope" and (dim // p.heads) % 2:
+        raise LayerProblem(
+            f"rope rotates pairs of dims, so the head dim {dim} / {p.heads} = {dim // p.heads} must be even; "
+            "pick other heads or positions: learned",
+            "positions",
+        )
+    if p.max_positions is not None and p.positions != "learned":
+        raise LayerProblem("only applies with positions: learned", "max_positions")
+    blocks = [
+        tf.DecoderBlock(dim, p.heads, p.mlp, p.norm, p.mlp_ratio, p.positions == "rope", p.causal, p.dropout)
+        for _ in range(p.repeat)
+    ]
+    max_positions = (p.max_positions or length) if p.positions == "learned" else None
+    return tf.DecoderStack(blocks, dim, max_positions)
+
+
+def _sequence_pool(p: SequencePoolParams, shape: Shape, ctx: Context) -> nn.Module:
+    _need_rank(shape, (2,), "[length, dim]")
+    return tok.SequencePool(p.mode)
+
+
+def _lm_head(p: LMHeadParams, shape: Shape, ctx: Context) -> nn.Module:
+    _need_rank(shape, (2,), "[length, dim]")
+    vocab_size = _need_vocab(ctx)
+    if not p.tie_embedding:
+        return tok.LMHead(shape[1], vocab_size, p.bias, None)
+    if ctx.embedding is None:
+        raise LayerProblem(
+            "needs a token_embedding as the first layer to share its weight; or set tie_embedding: false",
+            "tie_embedding",
+        )
+    if ctx.embedding.embedding_dim != shape[1]:
+        raise LayerProblem(
+            f"the input's last dim {shape[1]} differs from the token embedding's dim "
+            f"{ctx.embedding.embedding_dim}, so the weight cannot be shared; set tie_embedding: false",
+            "tie_embedding",
+        )
+    return tok.LMHead(shape[1], vocab_size, p.bias, ctx.embedding)
+
+
 @dataclass(frozen=True)
 class LayerType:
     """A declarative layer type: its parameter model and its builder."""
 
     params: type[BaseModel]
-    build: Callable[[Any, Shape], nn.Module]
+    build: Callable[[Any, Shape, Context], nn.Module]
 
 
 LAYERS: dict[str, LayerType] = {
@@ -238,5 +325,10 @@ LAYERS: dict[str, LayerType] = {
     "lstm": LayerType(RecurrentParams, _lstm),
     "gru": LayerType(RecurrentParams, _gru),
     "transformer_encoder": LayerType(TransformerEncoderParams, _transformer_encoder),
+    "norm": LayerType(NormParams, _norm),
+    "token_embedding": LayerType(TokenEmbeddingParams, _token_embedding),
+    "decoder_block": LayerType(DecoderBlockParams, _decoder_block),
+    "pool": LayerType(SequencePoolParams, _sequence_pool),
+    "lm_head": LayerType(LMHeadParams, _lm_head),
 }
 """Every declarative layer type by the name used in `model.layers`."""

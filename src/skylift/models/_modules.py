@@ -14,6 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from skylift.models._stack import MaskedLayer
+from skylift.models._tokens import masked_pool
+
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "gelu": nn.GELU,
@@ -117,8 +120,8 @@ class GlobalAvgPool(nn.Module):
         return x_BCS.flatten(2).mean(dim=-1)
 
 
-class TokenEmbedding(nn.Embedding):
-    """nn.Embedding over token ids stored as float: (L,) -> (L, D).
+class IdEmbedding(nn.Embedding):
+    """nn.Embedding over integer ids stored as float: (L,) -> (L, D) (the `embedding` layer).
 
     Ids are truncated to integers; an id outside 0 .. vocab_size - 1 raises IndexError (on CPU).
     """
@@ -171,8 +174,12 @@ class Recurrent(nn.Module):
         return last_RBU.permute(1, 0, 2).reshape(x_BLF.shape[0], -1)
 
 
-class TransformerEncoder(nn.Module):
-    """Batch-first transformer encoder blocks over (L, D), pooled to (D,) or kept as (L, D)."""
+class TransformerEncoder(MaskedLayer):
+    """Batch-first transformer encoder blocks over (L, D), pooled to (D,) or kept as (L, D).
+
+    After a token_embedding it gets the padding mask: pad keys are left out of attention and of
+    the pooling. After `embedding` (ids that may be 0 for real) it attends to every position.
+    """
 
     def __init__(
         self,
@@ -185,14 +192,11 @@ class TransformerEncoder(nn.Module):
     ) -> None:
         super().__init__()
         block = nn.TransformerEncoderLayer(d_model, heads, ff_dim, dropout, batch_first=True)
-        # No padding masks are ever passed, so nested tensors could not help.
+        # Nested tensors would drop pad positions from the output, which `pool: none` keeps.
         self.encoder = nn.TransformerEncoder(block, num_layers, enable_nested_tensor=False)
         self.pool = pool
 
-    def forward(self, x_BLD: torch.Tensor) -> torch.Tensor:
-        h_BLD: torch.Tensor = self.encoder(x_BLD)
-        if self.pool == "mean":
-            return h_BLD.mean(dim=1)
-        if self.pool == "first":
-            return h_BLD[:, 0]
-        return h_BLD
+    def forward(self, x_BLD: torch.Tensor, mask_BL: torch.Tensor | None = None) -> torch.Tensor:
+        pad_BL = None if mask_BL is None else ~mask_BL  # torch's key padding mask is True at padding
+        h_BLD: torch.Tensor = self.encoder(x_BLD, src_key_padding_mask=pad_BL)
+        return h_BLD if self.pool == "none" else masked_pool(h_BLD, mask_BL, self.pool)

@@ -146,3 +146,48 @@ class TransformerEncoderParams(_Params):
     """Dropout inside each block."""
     pool: Literal["mean", "first", "none"] = "mean"
     """How (L, D) becomes the output: mean over L, the first step, or none (keep (L, D))."""
+
+
+class NormParams(_Params):
+    kind: Literal["layer", "rms"] = "layer"
+    """LayerNorm (centre and scale) or RMSNorm (scale only, as Llama's final norm) over the last dim."""
+    eps: float = Field(default=1e-5, gt=0.0)
+    """Added to the variance (or mean square) of the last dim."""
+
+
+class TokenEmbeddingParams(_Params):
+    dim: int = Field(gt=0)
+    """Size of each token's vector; the vocabulary size comes from the tokenizer, not the spec."""
+
+
+class DecoderBlockParams(_Params):
+    heads: int = Field(gt=0)
+    """Attention heads; must divide the input's last dim (the model dim)."""
+    mlp: Literal["gelu", "swiglu"] = "gelu"
+    """Feed-forward network: GELU (GPT-2) or SwiGLU (Llama)."""
+    norm: Literal["layer", "rms"] = "layer"
+    """Pre-norm before attention and MLP: LayerNorm or RMSNorm."""
+    positions: Literal["rope", "learned", "none"] = "rope"
+    """Rotary embeddings in attention (no parameters, any length), learned vectors added once, or none."""
+    max_positions: int | None = Field(default=None, gt=0)
+    """Learned positions only: how many; default the input length at build (block size, max length)."""
+    repeat: int = Field(default=1, gt=0)
+    """Number of blocks stacked, each a separate module."""
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Dropout on attention weights and on each residual branch."""
+    mlp_ratio: float = Field(default=4.0, gt=0.0)
+    """MLP hidden size over the model dim; SwiGLU uses 2/3 of it, so both MLPs have the same size."""
+    causal: bool = True
+    """Each token attends only to itself and earlier ones (a decoder); false: to every real token."""
+
+
+class SequencePoolParams(_Params):
+    mode: Literal["mean", "first", "last"] = "mean"
+    """(T, D) -> (D,) over real tokens (padding ignored): their mean, the first, or the last one."""
+
+
+class LMHeadParams(_Params):
+    tie_embedding: bool = True
+    """Share the token embedding's weight (saves V * D parameters); false: a weight of its own."""
+    bias: bool = False
+    """Whether a learned bias per vocabulary id is added to the logits."""

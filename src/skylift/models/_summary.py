@@ -10,6 +10,7 @@ from torch.utils.hooks import RemovableHandle
 
 from skylift.models._layers import fmt
 from skylift.models._probe import run_dummy
+from skylift.models._stack import takes_token_ids
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -29,7 +30,8 @@ def _shape_of(out: Any) -> str:
 def describe_model(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[str, str, int]]:
     """Rows (layer name, per-sample output shape, parameter count), one per top-level child.
 
-    Shapes come from a zero dummy batch run in eval mode (modes are restored). A child that the
+    Shapes come from a dummy batch run in eval mode (modes are restored): token ids for a model
+    that starts with token_embedding, zeros otherwise. A child that the
     forward pass never calls shows '-'; a model without children is one row of its class name.
     Raises whatever the model raises on that batch.
     """
@@ -43,7 +45,7 @@ def describe_model(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple
 
         handles.append(child.register_forward_hook(hook))
     try:
-        run_dummy(model, tuple(input_shape))
+        run_dummy(model, tuple(input_shape), token_ids=takes_token_ids(model))
     finally:
         for handle in handles:
             handle.remove()

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 WEIGHTS = "model.safetensors"
 WEIGHTS_ENC = WEIGHTS + ".enc"
+TOKENIZER = "tokenizer.json"  # a text model's tokenizer: part of the model, sealed like the weights
+TOKENIZER_ENC = TOKENIZER + ".enc"
 MODEL_JSON = "model.json"
 FORMAT = 1  # layout version of model.json; bump on an incompatible change
 
@@ -58,7 +60,9 @@ def prepare_weights(state_dict: Mapping[str, Any]) -> bytes:
 
 def check_metadata(meta: Mapping[str, Any], metrics: Mapping[str, Any], lineage: Mapping[str, Any]) -> None:
     """SpecError unless `meta` is a skylift checkpoint's meta and metrics/lineage are plain JSON data."""
-    for field in ("model", "input_shape", "classes"):
+    task = meta.get("task", "classification")
+    needed = ("model", "input_shape", *(("classes",) if task == "classification" else ("n_outputs",)))
+    for field in needed:
         if field not in meta:
             raise SpecError(f"model metadata lacks {field!r} (expected a skylift checkpoint's 'meta')")
     shape = meta["input_shape"]
@@ -68,12 +72,53 @@ def check_metadata(meta: Mapping[str, Any], metrics: Mapping[str, Any], lineage:
         or not all(isinstance(d, int) and d > 0 for d in shape)
     ):
         raise SpecError(f"model metadata 'input_shape' must be a list of positive sizes, got {shape!r}")
-    if not isinstance(meta["classes"], list | tuple) or not meta["classes"]:
+    if task == "classification" and (not isinstance(meta["classes"], list | tuple) or not meta["classes"]):
         raise SpecError("model metadata 'classes' must be a non-empty list of class labels")
     try:
-        json.dumps([meta["model"], list(meta["classes"]), dict(metrics), dict(lineage)], allow_nan=True)
+        json.dumps([data_meta(meta), dict(metrics), dict(lineage)], allow_nan=True)
     except (TypeError, ValueError) as exc:
         raise SpecError(f"model metadata, metrics and lineage must be plain JSON data ({exc})") from None
+
+
+# Checkpoint meta that is lineage, not data: kept out of model.json's "data" block.
+_NOT_DATA = ("model", "run_id", "name", "spec_hash", "data_hash", "epoch", "tokenizer")
+
+
+def data_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """What a consumer needs to rebuild the model and shape its inputs and outputs (model.json "data")."""
+    data = {k: v for k, v in meta.items() if k not in _NOT_DATA}
+    data.setdefault("task", "classification")
+    if "n_outputs" not in data and "classes" in data:
+        data["n_outputs"] = len(data["classes"])
+    return {"model": meta["model"], **data}
+
+
+def _signature(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The KServe-style input/output description of a version, by task."""
+    task, shape, n = data["task"], list(data["input_shape"]), data["n_outputs"]
+    text = data.get("input") == "text"
+    ids = {"name": "input_ids", "datatype": "INT64", "shape": [-1, *shape]}
+    inputs = [{"name": "text", "datatype": "BYTES", "shape": [-1]}, ids] if text else []
+    if task == "language_modeling":
+        return {
+            "inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [-1, -1]}],
+            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, -1, n]}],
+            "kind": "generator",
+        }
+    inputs = inputs or [{"name": "input", "datatype": "FP32", "shape": [-1, *shape]}]
+    if task == "regression":
+        return {
+            "inputs": inputs,
+            "outputs": [{"name": "predictions", "datatype": "FP32", "shape": [-1, n]}],
+            "targets": list(data["targets"]),
+            "kind": "regressor",
+        }
+    return {
+        "inputs": inputs,
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, n]}],
+        "classes": list(data["classes"]),
+        "kind": "classifier",
+    }
 
 
 def _model_json(
@@ -86,19 +131,17 @@ def _model_json(
     key: MasterKey | None,
     serve: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    classes = list(meta["classes"])
+    data = data_meta(meta)
     info: dict[str, Any] = {
         "format": FORMAT,
         "skylift_version": __version__,
         "name": name,
         "version": version,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "task": data["task"],
         "architecture": {"model": meta["model"]},
-        "signature": {
-            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *meta["input_shape"]]}],
-            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, len(classes)]}],
-            "classes": classes,
-        },
+        "data": {k: v for k, v in data.items() if k != "model"},
+        "signature": _signature(data),
         "metrics": dict(metrics),
         "lineage": {
             "run_id": meta.get("run_id"),
@@ -132,10 +175,18 @@ def build_files(
     `weights` comes from `prepare_weights` and the metadata passed `check_metadata`; `serve` is a
     validated `serve:` section or None.
     """
-    file = WEIGHTS_ENC if key is not None else WEIGHTS
-    stored = encrypt(key, weights, associated_data(name, version, file)) if key is not None else weights
-    info = _model_json(name, version, meta, metrics, lineage, {file: len(stored)}, key, serve)
-    blobs = {file: stored, MODEL_JSON: _json_bytes(info)}
+
+    def seal(file: str, plain: bytes) -> tuple[str, bytes]:
+        if key is None:
+            return file, plain
+        return file + ".enc", encrypt(key, plain, associated_data(name, version, file + ".enc"))
+
+    sealed = dict([seal(WEIGHTS, weights)])
+    if isinstance(meta.get("tokenizer"), str):
+        sealed.update([seal(TOKENIZER, meta["tokenizer"].encode("utf-8"))])
+    sizes = {f: len(b) for f, b in sealed.items()}
+    info = _model_json(name, version, meta, metrics, lineage, sizes, key, serve)
+    blobs = {**sealed, MODEL_JSON: _json_bytes(info)}
     manifest = _manifest.build(blobs)
     if key is not None:
         payload = _manifest.mac_payload(name, version, manifest["files"])
@@ -188,11 +239,11 @@ def check_mac(manifest: Mapping[str, Any], name: str, version: int, key: MasterK
     return []
 
 
-def _open(key: MasterKey, blob: bytes, name: str, version: int) -> bytes:
+def _open(key: MasterKey, blob: bytes, name: str, version: int, file: str = WEIGHTS_ENC) -> bytes:
     try:
-        return decrypt(key, blob, associated_data(name, version, WEIGHTS_ENC))
+        return decrypt(key, blob, associated_data(name, version, file))
     except IntegrityError as exc:
-        raise IntegrityError(f"{WEIGHTS_ENC}: {exc}") from None
+        raise IntegrityError(f"{file}: {exc}") from None
 
 
 def check_decrypts(folder: Path, name: str, version: int, key: MasterKey) -> list[str]:
@@ -272,8 +323,11 @@ def inspect(
     return Inspection(manifest, info, check_mac(manifest, name, version, key), True)
 
 
-def read_verified(folder: Path, name: str, version: int, key: MasterKey | None) -> tuple[Inspection, bytes]:
-    """(the inspection, plain safetensors bytes) after checking every file against the manifest.
+def read_verified(
+    folder: Path, name: str, version: int, key: MasterKey | None
+) -> tuple[Inspection, bytes, str | None]:
+    """(the inspection, plain safetensors bytes, the tokenizer JSON of a text model or None) after
+    checking every file against the manifest.
 
     Each file is read once: the bytes hashed are the bytes used, so nothing can change in between.
     """
@@ -296,7 +350,19 @@ def read_verified(folder: Path, name: str, version: int, key: MasterKey | None) 
             weights = _open(key, weights, name, version)
         except IntegrityError as exc:
             raise IntegrityError(f"{where}: {exc}") from None
-    return found, weights
+    tokenizer = None
+    sealed = TOKENIZER_ENC if encrypted else TOKENIZER
+    if found.info.get("data", {}).get("input") == "text" or found.info.get("task") == "language_modeling":
+        if sealed not in blobs:
+            raise IntegrityError(f"{where}: a text model without its {sealed} in the manifest")
+        raw = blobs[sealed]
+        if encrypted:
+            try:
+                raw = _open(check_key(found.info, key, where), raw, name, version, TOKENIZER_ENC)
+            except IntegrityError as exc:
+                raise IntegrityError(f"{where}: {exc}") from None
+        tokenizer = raw.decode("utf-8")
+    return found, weights, tokenizer
 
 
 def build_module(info: Mapping[str, Any], weights: bytes, where: str) -> nn.Module:
@@ -306,13 +372,22 @@ def build_module(info: Mapping[str, Any], weights: bytes, where: str) -> nn.Modu
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    from skylift.models import build_model
     from skylift.spec import ModelSpec
+    from skylift.tasks import TASKS
 
     try:
         spec = ModelSpec.model_validate(info["architecture"]["model"])
-        input_shape = tuple(int(d) for d in info["signature"]["inputs"][0]["shape"][1:])
-        n_classes = len(info["signature"]["classes"])
+        data = (
+            info.get("data")
+            or {  # a version registered before tasks existed: a classifier
+                "task": "classification",
+                "input_shape": info["signature"]["inputs"][0]["shape"][1:],
+                "n_outputs": len(info["signature"]["classes"]),
+            }
+        )
+        task = TASKS[data["task"]]
+        input_shape = tuple(int(d) for d in data["input_shape"])
+        n_outputs = int(data["n_outputs"])
     except (KeyError, IndexError, TypeError, ValueError, ValidationError):
         raise IntegrityError(f"{where}: {MODEL_JSON} has no valid architecture and signature") from None
     try:
@@ -321,7 +396,7 @@ def build_module(info: Mapping[str, Any], weights: bytes, where: str) -> nn.Modu
         raise IntegrityError(f"{where}: the weights are not a valid safetensors file") from None
     # Building initialises weights from the global RNG; a load must not shift the caller's seed.
     with torch.random.fork_rng(devices=[]):
-        model = build_model(spec, input_shape, n_classes)
+        model = task.build(spec, data, input_shape, n_outputs)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

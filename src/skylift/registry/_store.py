@@ -75,6 +75,18 @@ class LoadedModel:
     version: int
     files: dict[str, Any] = field(default_factory=dict)
     """The verified manifest's entries: file name -> {sha256, size}."""
+    tokenizer: str | None = None
+    """A text model's tokenizer (tokenizer.json text), verified and decrypted like the weights."""
+
+    @property
+    def task(self) -> str:
+        return str(self.info.get("task", "classification"))
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """model.json's "data": task, classes or targets, input shape, vocabulary, scaling."""
+        found = self.info.get("data")
+        return dict(found) if isinstance(found, dict) else {"task": "classification"}
 
     @property
     def ref(self) -> str:
@@ -82,11 +94,12 @@ class LoadedModel:
 
     @property
     def classes(self) -> list[Any]:
-        return list(self.info["signature"]["classes"])
+        return list(self.info["signature"].get("classes", []))
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.info["signature"]["inputs"][0]["shape"][1:])
+        shape = self.info.get("data", {}).get("input_shape")
+        return tuple(shape) if shape else tuple(self.info["signature"]["inputs"][0]["shape"][1:])
 
 
 @dataclass(frozen=True)
@@ -409,10 +422,10 @@ class Registry:
         """
         name, version = self.resolve(ref)
         folder = self.root / name / str(version)
-        found, weights = _artifact.read_verified(folder, name, version, self._key)
+        found, weights, tokenizer = _artifact.read_verified(folder, name, version, self._key)
         module = _artifact.build_module(found.info, weights, f"{name}:{version}")
         files = {f: dict(e) for f, e in found.manifest["files"].items()}
-        return LoadedModel(module, found.info, name, version, files)
+        return LoadedModel(module, found.info, name, version, files, tokenizer)
 
     def export(self, ref: str | ModelRef, fmt: str, output: Path | str, overwrite: bool = False) -> Path:
         """Write the verified model as `fmt` "onnx" (dynamic batch) or "torchscript" to `output`, atomically.

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from skylift.errors import DataError, ModelNotFound, SpecError
+from skylift.errors import ModelNotFound, SpecError
 from skylift.home import skylift_home
-from skylift.metrics import ClassificationReport, confusion_matrix, report
+from skylift.metrics import ClassificationReport
+from skylift.tasks.classification import as_input as as_input
+from skylift.tasks.classification import eval_sums, sums_to_report
 from skylift.train import checkpoint
 from skylift.train.run import RunDir
 
@@ -21,67 +23,25 @@ if TYPE_CHECKING:
     from skylift.data import Dataset
     from skylift.security import MasterKey
 
-EVAL_BATCH_ROWS = 4096  # big batches: no gradients, so memory is activations only
-
-
-def as_input(ds: Dataset, input_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The dataset as tensors x (N, *input_shape) float32 and y (N,) int64, sharing numpy memory."""
-    import torch
-
-    per_sample = int(ds.x[0].size) if len(ds) else 0
-    if per_sample != int(torch.Size(input_shape).numel()):
-        raise DataError(
-            f"data samples have shape {list(ds.sample_shape)} ({per_sample} values) but the model takes "
-            f"input_shape {list(input_shape)}"
-        )
-    x_NS = torch.from_numpy(ds.x).reshape(len(ds), *input_shape)
-    return x_NS, torch.from_numpy(ds.y)
-
-
-def eval_sums(model: torch.nn.Module, x_NS: torch.Tensor, y_N: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """float64 [loss sum, confusion counts C*C...] of `model` in eval mode: sums, so ranks add up exactly.
-
-    Per-sample losses are summed in float64 (float32 sums would differ with the split between
-    ranks); the counts come from `skylift.metrics.confusion_matrix`, the one implementation.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    model.eval()
-    loss = torch.zeros((), dtype=torch.float64, device=x_NS.device)
-    preds = []
-    with torch.no_grad():
-        for lo in range(0, len(y_N), EVAL_BATCH_ROWS):
-            logits_BC = model(x_NS[lo : lo + EVAL_BATCH_ROWS])
-            loss += F.cross_entropy(logits_BC.double(), y_N[lo : lo + EVAL_BATCH_ROWS], reduction="sum")
-            preds.append(logits_BC.argmax(1))
-    pred_N = torch.cat(preds) if preds else torch.empty(0, dtype=torch.int64)
-    cm_CC = confusion_matrix(y_N.cpu().numpy(), pred_N.cpu().numpy(), n_classes)
-    counts = torch.from_numpy(cm_CC.reshape(-1)).to(device=x_NS.device, dtype=torch.float64)
-    return torch.cat([loss.view(1), counts])
-
-
-def sums_to_report(sums: torch.Tensor, n_classes: int) -> tuple[float, ClassificationReport]:
-    """(mean loss, report) from `eval_sums` output, possibly summed over ranks."""
-    cm_CC = sums[1:].round().long().reshape(n_classes, n_classes).cpu().numpy()
-    return float(sums[0]) / max(int(cm_CC.sum()), 1), report(cm_CC)
-
 
 def evaluate_tensors(
     model: torch.nn.Module, x_NS: torch.Tensor, y_N: torch.Tensor, n_classes: int
 ) -> tuple[float, ClassificationReport]:
     """Mean cross-entropy and the confusion-matrix report of `model` in eval mode."""
-    return sums_to_report(eval_sums(model, x_NS, y_N, n_classes), n_classes)
+    from skylift.data._rows import TensorRows
+
+    return sums_to_report(eval_sums(model, TensorRows(x_NS, y_N), n_classes), n_classes)
 
 
 def model_from_checkpoint(state: dict[str, Any]) -> torch.nn.Module:
     """Rebuild the model from the checkpoint's recorded spec (pure data) and load its weights."""
-    from skylift.models import build_model
     from skylift.spec import ModelSpec
+    from skylift.tasks import task_of
 
     meta = state["meta"]
-    model = build_model(
-        ModelSpec.model_validate(meta["model"]), tuple(meta["input_shape"]), len(meta["classes"])
+    outputs = meta.get("n_outputs", len(meta.get("classes", ())))
+    model = task_of(meta).build(
+        ModelSpec.model_validate(meta["model"]), meta, tuple(meta["input_shape"]), outputs
     )
     model.load_state_dict(state["model"])
     model.eval()

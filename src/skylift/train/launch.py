@@ -48,14 +48,14 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def step_flops(net: Any, x: Any, y: Any, batch: int) -> float:
+def step_flops(net: Any, x: Any, batch: int) -> float:
     """FLOPs of one training step (forward + backward) at `batch` rows, counted by torch.
 
-    Counted on 2 rows and scaled (every layer's cost is linear in rows), in eval mode and with
-    autograd.grad, so the model's weights, buffers, .grad and the RNG are left as they were.
+    Counted on 2 rows of `x` and scaled (every layer's cost is linear in rows), in eval mode and
+    with autograd.grad, so the model's weights, buffers, .grad and the RNG are left as they were.
+    The loss is the outputs' sum: its own cost is nothing next to the model's.
     """
     import torch
-    import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = net.training
@@ -63,7 +63,7 @@ def step_flops(net: Any, x: Any, y: Any, batch: int) -> float:
     try:
         params = [p for p in net.parameters() if p.requires_grad]
         with FlopCounterMode(display=False) as counter:
-            loss = F.cross_entropy(net(x[:2]), y[:2])
+            loss = net(x[:2]).float().sum()
             torch.autograd.grad(loss, params)
     finally:
         net.train(was_training)
@@ -118,6 +118,7 @@ def place(
     node_rank: int,
     rdzv: str | None,
     run: RunDir | None = None,
+    home: Path | str | None = None,
 ) -> Placement:
     """Resolve the CLI/spec placement; raises SpecError when inconsistent.
 
@@ -127,7 +128,6 @@ def place(
     """
     import torch
 
-    from skylift.train.evaluation import as_input
     from skylift.train.loop import setup
 
     d = spec.distributed
@@ -137,7 +137,7 @@ def place(
         raise SpecError("multi-node training needs --rdzv-endpoint HOST:PORT (the same on every node)")
     if not 0 <= node_rank < nnodes:
         raise SpecError(f"--node-rank must be in [0, {nnodes - 1}], got {node_rank}")
-    splits, input_shape, net = setup(spec)  # validates data and model before any process starts
+    data, net = setup(spec, home)  # validates data and model before any process starts
     gpus = torch.cuda.device_count() if torch.cuda.is_available() and d.backend != "gloo" else 0
     before = recorded_workers(run) if run is not None else None
     chosen: int | str = workers or before or d.workers
@@ -150,8 +150,8 @@ def place(
             "batches now split differently, so the result will differ from an uninterrupted run"
         )
     if chosen == "auto":
-        x, y = as_input(splits.train, input_shape)
-        flops = step_flops(net, x, y, spec.train.batch_size)
+        x, _ = data.train.take(torch.arange(min(2, len(data.train))))
+        flops = step_flops(net, x, spec.train.batch_size)
         chosen, reason = choose_workers(flops, spec.train.batch_size, _cores(), gpus)
     assert isinstance(chosen, int)
     world = chosen * nnodes

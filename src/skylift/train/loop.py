@@ -1,10 +1,12 @@
-"""The training loop: in-memory batches, best/last checkpoints, exact resume, run-folder outputs.
+"""The training loop: batches of the task's rows, best/last checkpoints, exact resume, run-folder outputs.
 
-Shape legend: N samples, B batch rows, C classes, S... per-sample input shape.
+The task (skylift.tasks) owns the data, the loss and the metrics; this step never asks which.
+Shape legend: N rows, b this rank's batch rows, S... per-row input shape, K per-row target shape.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
@@ -13,30 +15,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
-
 from skylift import _atomic
 from skylift.dist import DistInfo
 from skylift.errors import SpecError
 from skylift.home import skylift_home
-from skylift.spec import JobSpec, OptimizerSpec, spec_hash
+from skylift.spec import JobSpec, OptimizerSpec, ScheduleSpec, spec_hash
+from skylift.tasks import TASKS, TaskData
 from skylift.train import checkpoint, parallel, plots
-from skylift.train.evaluation import as_input, eval_sums, sums_to_report
 from skylift.train.run import RunDir, new_run_id
 
 if TYPE_CHECKING:
     import torch
 
-    from skylift.data import Splits
     from skylift.security import MasterKey
 
 
 class TrainObserver(Protocol):
     """Receives progress; the CLI draws a progress bar and a table, a library user may log."""
 
-    def start(self, run_id: str, first_epoch: int, epochs: int, samples_per_epoch: int) -> None: ...
+    def start(
+        self, run_id: str, first_epoch: int, epochs: int, samples_per_epoch: int, metrics: tuple[str, ...]
+    ) -> None: ...
     def step(self, samples: int) -> None: ...
     def epoch(self, row: dict[str, Any]) -> None: ...
+    def note(self, line: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -47,16 +49,50 @@ class TrainResult:
     history: list[dict[str, Any]]
 
 
-def _optimizer(params: Any, opt: OptimizerSpec) -> torch.optim.Optimizer:
+def _optimizer(model: torch.nn.Module, opt: OptimizerSpec) -> torch.optim.Optimizer:
     import torch
 
     # fused=True: PyTorch's default CPU Adam is a per-tensor Python loop costing more than
     # forward + backward on an MLP; the fused kernel makes the whole step ~1.4x faster.
     if opt.name == "adam":
-        return torch.optim.Adam(params, lr=opt.lr, eps=opt.eps, weight_decay=opt.weight_decay, fused=True)
+        return torch.optim.Adam(
+            model.parameters(), lr=opt.lr, eps=opt.eps, weight_decay=opt.weight_decay, fused=True
+        )
     if opt.name == "adamw":
-        return torch.optim.AdamW(params, lr=opt.lr, eps=opt.eps, weight_decay=opt.weight_decay, fused=True)
-    return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+        return torch.optim.AdamW(_decay_groups(model, opt.weight_decay), lr=opt.lr, eps=opt.eps, fused=True)
+    return torch.optim.SGD(
+        model.parameters(), lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay
+    )
+
+
+def _decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW's parameter groups: decay on weight matrices only, none on biases, norms and embeddings
+    (decaying those pulls scales and token vectors to zero for no regularising gain)."""
+    import torch
+
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    decay: list[torch.nn.Parameter] = []
+    keep: list[torch.nn.Parameter] = []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 and id(p) not in embeddings else keep).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+
+
+def lr_factor(step: int, total: int, s: ScheduleSpec) -> float:
+    """The learning rate at optimizer step `step` (0-based) of `total`, as a fraction of the base rate.
+
+    A pure function of the step, so a resumed run sets exactly the rate the uninterrupted one had.
+    """
+    if step < s.warmup_steps:
+        return (step + 1) / s.warmup_steps
+    if s.decay == "none":
+        return 1.0
+    span = max(total - s.warmup_steps - 1, 1)
+    done = min((step - s.warmup_steps) / span, 1.0)
+    shape = 0.5 * (1 + math.cos(math.pi * done)) if s.decay == "cosine" else 1.0 - done
+    return s.min_lr_ratio + (1.0 - s.min_lr_ratio) * shape
 
 
 def _batch_bounds(n: int, batch: int, world: int = 1) -> list[tuple[int, int]]:
@@ -111,19 +147,15 @@ def _prepare_run(spec: JobSpec, home: Path, run_id: str | None) -> tuple[RunDir,
     return run, None
 
 
-def setup(spec: JobSpec) -> tuple[Splits, tuple[int, ...], torch.nn.Module]:
-    """Load the data and build the seeded model; raises DataError/SpecError on any problem."""
+def setup(spec: JobSpec, home: Path | str | None = None) -> tuple[TaskData, torch.nn.Module]:
+    """Load the task's data and build the seeded model; raises DataError/SpecError on any problem."""
     import torch
 
-    from skylift.data import load_splits
-    from skylift.models import build_model
-
-    splits = load_splits(spec.data, seed=spec.train.seed)
-    input_shape = tuple(spec.model.input_shape or splits.train.sample_shape)
+    task = TASKS[spec.task]
+    data = task.load(spec, skylift_home(home) / "cache")
     torch.manual_seed(spec.train.seed)
-    net = build_model(spec.model, input_shape, len(splits.train.classes))
-    as_input(splits.train.subset(np.arange(1)), input_shape)  # element counts must match
-    return splits, input_shape, net
+    net = task.build(spec.model, data.meta, data.input_shape, data.n_outputs)
+    return data, net
 
 
 def fit(
@@ -150,7 +182,6 @@ def fit(
     A stopped run says `"stopped_early": true` in summary.json.
     """
     import torch
-    import torch.nn.functional as F
 
     from skylift.models import count_parameters
 
@@ -159,15 +190,15 @@ def fit(
         dist = DistInfo(device="cuda" if gpu else "cpu")
     home = skylift_home(home)
     t = spec.train
+    task = TASKS[spec.task]
     if t.threads:
         torch.set_num_threads(t.threads)
-    splits, input_shape, net = setup(spec)  # validate data and model before touching the run folder
-    classes = splits.train.classes
+    data, net = setup(spec, home)  # validate data and model before touching the run folder
     net = net.to(dist.device)
-    x_NS, y_N = (a.to(dist.device) for a in as_input(splits.train, input_shape))
-    val = parallel.my_slice(len(splits.val), dist)  # each rank scores its part; sums add up exactly
-    xv_NS, yv_N = (a[val].to(dist.device) for a in as_input(splits.val, input_shape))
-    optimizer = _optimizer(net.parameters(), t.optimizer)
+    train_rows = data.train.to(dist.device)
+    # each rank scores its part of validation; the sums add up exactly
+    val_rows = data.val.part(parallel.my_slice(len(data.val), dist)).to(dist.device)
+    optimizer = _optimizer(net, t.optimizer)
     if dist.is_main:
         run, state = _prepare_run(spec, home, run_id)
     else:
@@ -192,21 +223,25 @@ def fit(
             run.write_metrics(history)  # a crash may have come between last.pt and metrics.jsonl
     model = parallel.wrap(net, dist, spec.distributed.sync_batchnorm) if dist.distributed else net
     meta = {
+        **data.meta,
         "model": spec.model.model_dump(mode="json"),
-        "input_shape": list(input_shape),
-        "classes": list(classes),
+        "input_shape": list(data.input_shape),
+        "n_outputs": data.n_outputs,
         "run_id": run.run_id,
         "name": spec.name,
         "spec_hash": spec_hash(spec),
-        "data_hash": splits.train.fingerprint(),
+        "data_hash": data.fingerprint,
     }
 
-    n = len(y_N)
+    n = len(train_rows)
     bounds = _batch_bounds(n, t.batch_size, dist.world_size)
+    groups = [bounds[i : i + t.accumulate] for i in range(0, len(bounds), t.accumulate)]
+    total_steps = len(groups) * t.epochs
     step_loss_S = torch.empty(len(bounds), dtype=torch.float64, device=dist.device)
     first_epoch = len(history) + 1
+    scheduled = t.schedule.warmup_steps > 0 or t.schedule.decay != "none"
     if observer:
-        observer.start(run.run_id, first_epoch, t.epochs, n)
+        observer.start(run.run_id, first_epoch, t.epochs, n, (*task.columns, *filter(None, [task.unit_rate])))
     started = time.perf_counter()
     for epoch in range(first_epoch, len(history) if stopped else t.epochs + 1):
         tick = time.perf_counter()
@@ -215,40 +250,55 @@ def fit(
         # their slices differ by a row, so one saved RNG state could not resume every rank exactly.
         torch.manual_seed(_epoch_seed(t.seed, epoch, dist.rank))
         perm_N = torch.randperm(n, generator=gen).to(dist.device)
-        for step, (lo, hi) in enumerate(bounds):
-            idx_b = perm_N[lo:hi][parallel.my_slice(hi - lo, dist)]
-            logits_bC = model(x_NS.index_select(0, idx_b))
-            loss_sum = F.cross_entropy(
-                logits_bC, y_N.index_select(0, idx_b), reduction="sum", label_smoothing=t.label_smoothing
-            )
-            # DDP averages gradients over ranks; scaling by world/B makes that the global batch mean
-            # even when the ranks' slices differ by a row.
-            loss = loss_sum * (dist.world_size / (hi - lo))
+        step = 0
+        for g, group in enumerate(groups):
+            if scheduled:
+                lr = t.optimizer.lr * lr_factor((epoch - 1) * len(groups) + g, total_steps, t.schedule)
+                for param_group in optimizer.param_groups:
+                    param_group["lr"] = lr
+            # The group's mean: each batch's loss sum over the group's loss terms (DDP then averages
+            # over ranks, hence x world), so K accumulated batches step as one K-times batch would.
+            scale = dist.world_size / (sum(hi - lo for lo, hi in group) * data.terms_per_row)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
+            for i, (lo, hi) in enumerate(group):
+                idx_b = perm_N[lo:hi][parallel.my_slice(hi - lo, dist)]
+                x_bS, y_bK = train_rows.take(idx_b)
+                # gradients are all-reduced once per optimizer step, on the group's last batch
+                sync = i == len(group) - 1 or not dist.distributed
+                with contextlib.nullcontext() if sync else model.no_sync():  # type: ignore[operator]
+                    loss_sum = task.loss_sum(model(x_bS), y_bK, t, data)
+                    (loss_sum * scale).backward()  # type: ignore[no-untyped-call]
+                step_loss_S[step] = loss_sum.detach()  # a copy, no sync: .item() per step would cost more
+                step += 1
+                if observer:
+                    observer.step(hi - lo)
+            if t.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), t.clip_grad_norm)
             optimizer.step()
-            step_loss_S[step] = loss_sum.detach()  # a copy, no sync: .item() per step would cost more
-            if observer:
-                observer.step(hi - lo)
         seconds = time.perf_counter() - tick
         parallel.average_buffers(net, dist)
-        sums = eval_sums(net, xv_NS, yv_N, len(classes))
+        sums = task.eval_sums(net, val_rows, data)
         totals = parallel.all_reduce_sum(torch.cat([sums, step_loss_S.sum().view(1)]), dist)
-        val_loss, val_report = sums_to_report(totals[:-1], len(classes))
+        val_loss, val_metrics = task.summarize(totals[:-1], data)
         row = {
             "epoch": epoch,
-            "loss": float(totals[-1]) / n,
+            "loss": float(totals[-1]) / (n * data.terms_per_row),
             "val_loss": val_loss,
-            **val_report.summary("val_"),
+            **val_metrics,
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": round(seconds, 4),
             "samples_per_s": round(n / seconds, 1),
+            **({task.unit_rate: round(n * data.terms_per_row / seconds, 1)} if task.unit_rate else {}),
         }
         history.append(row)
         if _improved(row[t.checkpoint.monitor], best, t.checkpoint.mode):
             best, best_epoch = row[t.checkpoint.monitor], epoch
             if dist.is_main:
                 checkpoint.save(run.best, {"model": net.state_dict(), "meta": {**meta, "epoch": epoch}})
+        if dist.is_main:
+            for line in task.epoch_end(net, data, run.path, epoch):
+                if observer:
+                    observer.note(line)
         if on_epoch is not None:
             # One tiny all_reduce so every rank leaves the loop at the same epoch (else the others
             # would wait forever in the next step's gradient sync).
@@ -276,7 +326,7 @@ def fit(
 
     if not dist.is_main:
         return TrainResult(run.run_id, run.path, {}, history)
-    summary = _finish(run, spec, splits.test, history, best_epoch, meta, time.perf_counter() - started)
+    summary = _finish(run, spec, data, history, best_epoch, meta, time.perf_counter() - started)
     summary["parameters"] = count_parameters(net)
     summary["workers"] = dist.world_size
     summary["stopped_early"] = stopped
@@ -305,20 +355,23 @@ def _register(run: RunDir, spec: JobSpec, summary: dict[str, Any], home: Path, k
 def _finish(
     run: RunDir,
     spec: JobSpec,
-    test: Any,
+    data: TaskData,
     history: list[dict[str, Any]],
     best_epoch: int | None,
     meta: dict[str, Any],
     seconds: float,
 ) -> dict[str, Any]:
-    """summary.json: the best epoch's validation metrics and, with a test set, its test metrics."""
+    """summary.json: the best epoch's validation metrics and, with a test set, its test metrics;
+    the task's pictures of the best model."""
     best_row = next((h for h in history if h["epoch"] == best_epoch), history[-1])
     summary: dict[str, Any] = {
         "run_id": run.run_id,
         "name": spec.name,
+        "task": spec.task,
         "spec_hash": meta["spec_hash"],
         "data_hash": meta["data_hash"],
-        "classes": meta["classes"],
+        **({"classes": meta["classes"]} if "classes" in meta else {}),
+        **({"targets": meta["targets"]} if "targets" in meta else {}),
         "input_shape": meta["input_shape"],
         "epochs": len(history),
         "best_epoch": best_epoch,
@@ -328,9 +381,15 @@ def _finish(
         "train_seconds_this_session": round(seconds, 3),
         "checkpoint": str(run.best.relative_to(run.path)),
     }
+    task = TASKS[spec.task]
+    best = checkpoint.load(run.best)
+    model = task.build(
+        spec.model, best["meta"], tuple(best["meta"]["input_shape"]), best["meta"]["n_outputs"]
+    )
+    model.load_state_dict(best["model"])
+    model.eval()
+    test = task.test_summary(model, data)
     if test is not None:
-        from skylift.train.evaluation import evaluate_checkpoint_on
-
-        loss, rep = evaluate_checkpoint_on(checkpoint.load(run.best), test)
-        summary["test"] = {"loss": loss, **rep.summary(), "n": rep.n, "confusion": rep.confusion.tolist()}
+        summary["test"] = test
+    task.finish(model, data, run.path)
     return summary

@@ -8,43 +8,38 @@ from typing import Any
 
 import numpy as np
 
-from skylift import _atomic
-
-
-def _figure(ncols: int, width: float, height: float) -> tuple[Any, Any]:
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: servers and CI have no display
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(1, ncols, figsize=(width, height), squeeze=False)
-
-
-def _save(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    _atomic.write_with(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    plt.close(fig)
+from skylift._plot import figure as _figure
+from skylift._plot import save as _save
 
 
 def curves(history: Sequence[dict[str, Any]], path: Path, best_epoch: int | None = None) -> None:
-    """Loss (train, validation) and validation accuracy / F1 per epoch."""
+    """Loss (train, validation) and the task's validation metrics per epoch (accuracy and F1 for a
+    classifier; MAE for a regressor; perplexity for a language model)."""
     fig, axes = _figure(2, 10, 4)
     epochs = [h["epoch"] for h in history]
-    loss_ax, acc_ax = axes[0]
+    loss_ax, metric_ax = axes[0]
     loss_ax.plot(epochs, [h["loss"] for h in history], marker="o", label="train loss")
     loss_ax.plot(epochs, [h["val_loss"] for h in history], marker="o", label="val loss")
-    acc_ax.plot(epochs, [h["val_accuracy"] for h in history], marker="o", label="val accuracy")
-    acc_ax.plot(epochs, [h["val_f1"] for h in history], marker=".", linestyle="--", label="val F1 (macro)")
-    for ax, title in ((loss_ax, "loss"), (acc_ax, "validation accuracy")):
+    shown = _PANEL.get(next((k for k in _PANEL if k in history[0]), ""), ())
+    for i, (key, label) in enumerate(shown):
+        metric_ax.plot(epochs, [h[key] for h in history], marker="o" if i == 0 else ".", label=label)
+    title = shown[0][1] if shown else ""
+    for ax, name in ((loss_ax, "loss"), (metric_ax, title)):
         if best_epoch is not None:
             ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best (epoch {best_epoch})")
         ax.set_xlabel("epoch")
-        ax.set_title(title)
+        ax.set_title(name)
         ax.grid(alpha=0.3)
         ax.legend()
     _save(fig, path)
+
+
+# The right-hand panel of the curves, by the metric that identifies the task.
+_PANEL: dict[str, tuple[tuple[str, str], ...]] = {
+    "val_accuracy": (("val_accuracy", "val accuracy"), ("val_f1", "val F1 (macro)")),
+    "val_mae": (("val_mae", "val MAE"), ("val_rmse", "val RMSE")),
+    "val_perplexity": (("val_perplexity", "val perplexity"),),
+}
 
 
 def confusion(cm: np.ndarray, classes: Sequence[str], path: Path, title: str = "confusion matrix") -> None:

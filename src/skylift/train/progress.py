@@ -14,21 +14,11 @@ from rich.table import Table
 def _fmt(column: str, value: Any) -> str:
     # A rate reads in whole samples (one decimal as measured); losses and scores need four.
     if isinstance(value, float):
-        return f"{value:,.1f}" if column == "samples_per_s" or value >= 1000 else f"{value:.4f}"
+        return f"{value:,.1f}" if column.endswith("_per_s") or value >= 1000 else f"{value:.4f}"
     return str(value)
 
 
-EPOCH_COLUMNS = (
-    "epoch",
-    "loss",
-    "val_loss",
-    "val_accuracy",
-    "val_precision",
-    "val_recall",
-    "val_f1",
-    "samples_per_s",
-)
-_HEADERS = {"samples_per_s": "samples/s"}  # fits an 80-column terminal
+_HEADERS = {"samples_per_s": "samples/s", "tokens_per_s": "tokens/s"}  # fits an 80-column terminal
 
 
 class TrainDisplay:
@@ -36,13 +26,8 @@ class TrainDisplay:
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console()
-        self.table = Table(
-            *(_HEADERS.get(c, c) for c in EPOCH_COLUMNS),
-            box=box.SIMPLE_HEAD,
-            padding=0,
-            pad_edge=False,
-            show_edge=False,
-        )
+        self.columns: tuple[str, ...] = ()
+        self.table = Table()
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -55,10 +40,27 @@ class TrainDisplay:
         self.task: Any = None
         self.epochs = 0
 
-    def start(self, run_id: str, first_epoch: int, epochs: int, samples_per_epoch: int) -> None:
+    def start(
+        self,
+        run_id: str,
+        first_epoch: int,
+        epochs: int,
+        samples_per_epoch: int,
+        metrics: tuple[str, ...] = ("val_accuracy", "val_precision", "val_recall", "val_f1"),
+    ) -> None:
+        """`metrics`: the task's validation columns, between the losses and the rate."""
         self.console.print(
             f"run [bold]{run_id}[/]" + (f" (resuming at epoch {first_epoch})" if first_epoch > 1 else "")
         )
+        self.columns = ("epoch", "loss", "val_loss", *metrics, "samples_per_s")
+        self.table = Table(
+            *(_HEADERS.get(c, c) for c in self.columns),
+            box=box.SIMPLE_HEAD,
+            padding=0,
+            pad_edge=False,
+            show_edge=False,
+        )
+        self.live.update(Group(self.table, self.progress))
         self.epochs = epochs
         self.task = self.progress.add_task(f"epoch {first_epoch}/{epochs}", total=samples_per_epoch, rate="")
         self.live.start()
@@ -67,11 +69,16 @@ class TrainDisplay:
         self.progress.advance(self.task, samples)
 
     def epoch(self, row: dict[str, Any]) -> None:
-        self.table.add_row(*(_fmt(c, row[c]) for c in EPOCH_COLUMNS))
+        self.table.add_row(*(_fmt(c, row[c]) for c in self.columns))
         nxt = min(row["epoch"] + 1, self.epochs)
-        self.progress.reset(
-            self.task, description=f"epoch {nxt}/{self.epochs}", rate=f"{row['samples_per_s']:,.0f} samples/s"
-        )
+        rate = f"{row['samples_per_s']:,.0f} samples/s"
+        if "tokens_per_s" in row:
+            rate += f", {row['tokens_per_s']:,.0f} tokens/s"
+        self.progress.reset(self.task, description=f"epoch {nxt}/{self.epochs}", rate=rate)
+
+    def note(self, line: str) -> None:
+        """A line printed above the live table (e.g. a language model's sampled text)."""
+        self.console.print(line, markup=False, highlight=False)
 
     def close(self) -> None:
         self.live.update(self.table)  # leave the finished table, not a stale bar

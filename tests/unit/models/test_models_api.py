@@ -11,7 +11,13 @@ from skylift.spec import ModelSpec
 
 
 def test_public_api_is_pinned() -> None:
-    assert sorted(models.__all__) == ["LAYER_TYPES", "build_model", "count_parameters", "describe_model"]
+    assert sorted(models.__all__) == [
+        "LAYER_TYPES",
+        "build_model",
+        "count_parameters",
+        "describe_model",
+        "transformer_blocks",
+    ]
     assert {
         "dense",
         "dropout",
@@ -29,6 +35,11 @@ def test_public_api_is_pinned() -> None:
         "lstm",
         "gru",
         "transformer_encoder",
+        "token_embedding",
+        "decoder_block",
+        "norm",
+        "pool",
+        "lm_head",
     } <= set(models.LAYER_TYPES)
 
 

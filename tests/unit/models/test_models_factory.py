@@ -49,6 +49,10 @@ def tuple_out():
 def crashes_on_input():
     return nn.Linear(5, 3)
 
+def tiny_lm(vocab, dim=4):
+    # nn.Embedding refuses float input: the dummy batch must be int64 token ids
+    return nn.Sequential(nn.Embedding(vocab, dim), nn.Linear(dim, vocab))
+
 NOT_CALLABLE = 3
 """
 
@@ -156,4 +160,18 @@ def test_factory_wrong_kwargs(factory_pkg: str) -> None:
         _build(f"{factory_pkg}.nets:build", depth=3)
     assert str(info.value).startswith(
         f"model.factory '{factory_pkg}.nets:build': calling it with model.kwargs raised TypeError: "
+    )
+
+
+def test_factory_language_model_gets_token_ids(factory_pkg: str) -> None:
+    spec = ModelSpec(factory=f"{factory_pkg}.nets:tiny_lm", kwargs={"vocab": 9})
+    model = build_model(spec, (6,), 9, vocab_size=9)
+    assert model(torch.randint(0, 9, (2, 6))).shape == (2, 6, 9)
+    with pytest.raises(SpecError) as info:
+        build_model(
+            ModelSpec(factory=f"{factory_pkg}.nets:tiny_lm", kwargs={"vocab": 8}), (6,), 9, vocab_size=9
+        )
+    assert str(info.value) == (
+        "model output has shape [6, 8] but a language model over 6 tokens with a vocabulary of 9 must output "
+        "[6, 9] (end with lm_head: {})"
     )

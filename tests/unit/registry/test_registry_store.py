@@ -28,7 +28,9 @@ def test_register_writes_the_documented_layout(registry: Registry, tiny: Tiny) -
         "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 8]}],
         "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 3]}],
         "classes": CLASSES,
+        "kind": "classifier",
     }
+    assert info["task"] == "classification" and info["data"]["n_outputs"] == 3
     assert info["metrics"] == {"val_accuracy": 0.9}
     assert info["lineage"] == {
         "run_id": "run-0",
