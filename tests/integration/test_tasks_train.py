@@ -298,3 +298,30 @@ def test_bad_text_input_is_one_line(home: Path, tmp_path: Path) -> None:
     code, _, err = finish(proc, 60)
     assert code == 2 and err == f"error: {csv}: label column 'topic' holds a single class 'a'\n"
     assert not (home / "runs").exists() or not list((home / "runs").iterdir())
+
+
+def test_serve_refuses_a_model_it_has_no_runtime_for_in_one_line(home: Path) -> None:
+    spec = parse_spec(
+        {
+            "name": "reg",
+            "task": "regression",
+            "data": {"train": "builtin:diabetes"},
+            "model": {"layers": [{"dense": {"units": 1}}]},
+            "train": {"epochs": 1},
+            "distributed": {"workers": 1},
+        }
+    )
+    ref = fit(spec, home=home, run_id="reg").summary["registered"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "skylift", "serve", ref, "--no-auth", "--port", "0"],
+        env={**os.environ, "SKYLIFT_HOME": str(home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    code, _, err = finish(proc, 60)
+    assert code == 2
+    assert err == (
+        "error: reg:1 is a regression model: skylift serve runs classifiers over numeric features so far "
+        "(evaluate and predict take every task)\n"
+    )

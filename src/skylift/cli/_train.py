@@ -40,9 +40,16 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
     e = sub.add_parser("evaluate", parents=[common], help="metrics of a trained model on a data source")
     e.add_argument("target", help="run id, run folder, checkpoint file, or model NAME[:VERSION|@ALIAS]")
-    e.add_argument("--data", required=True, help="data source (builtin:NAME, file or IDX folder)")
-    e.add_argument("--label-column", default="label", help="label column of .csv/.parquet data")
-    e.add_argument("--output", default=".", help="folder for confusion.png (default: current folder)")
+    e.add_argument(
+        "--data",
+        required=True,
+        help="data source: features (builtin:NAME, file, IDX folder), a text table, or a .txt corpus",
+    )
+    e.add_argument("--label-column", default="label", help="label column of .csv/.parquet/.jsonl data")
+    e.add_argument("--text-column", help="text column of a text model's table (default: text)")
+    e.add_argument(
+        "--output", default=".", help="folder for confusion.png or scatter.png (default: current folder)"
+    )
     e.add_argument("--key-file", help="master key for an encrypted model (default: $SKYLIFT_MASTER_KEY)")
     e.set_defaults(run=_evaluate)
 
@@ -211,22 +218,43 @@ def _quickstart(args: argparse.Namespace) -> int:
     ref = result.summary["registered"]
     console.print(f"serving {ref} on loopback and sending {ROWS} held-out rows over HTTP (KServe V2) ...")
     serve_and_query(console, ref, skylift_home(args.home), shown.x[:ROWS], shown.y[:ROWS], shown.classes)
+    console.print(
+        "next: skylift train examples/regression.yaml (a regressor on real data bundled with scikit-learn); "
+        "examples/text_classifier.yaml and examples/tiny_lm.yaml train a text classifier and a small GPT "
+        "on real text (fetch it first: bash examples/get_data.sh)"
+    )
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
     from skylift.cli._display import report_tables
     from skylift.security import master_key_from_env
     from skylift.train import evaluate
-    from skylift.train.plots import confusion
 
     key = master_key_from_env(args.key_file)
-    result = evaluate(args.target, args.data, label_column=args.label_column, home=args.home, master_key=key)
+    result = evaluate(
+        args.target,
+        args.data,
+        label_column=args.label_column,
+        text_column=args.text_column,
+        home=args.home,
+        master_key=key,
+    )
     console = _console()
-    console.print(f"{result.model} on {result.source}: {result.report.n} samples, loss {result.loss:.4f}")
-    for table in report_tables(result.report, result.classes):
+    size = f"{result.n} samples" if result.tokens is None else f"{result.n} blocks, {result.tokens:,} tokens"
+    console.print(f"{result.model} on {result.source}: {size}, loss {result.loss:.4f}", markup=False)
+    if result.report is not None:
+        for table in report_tables(result.report, result.classes):
+            console.print(table)
+    else:
+        table = Table(title=f"{result.task} metrics")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for name, value in result.metrics.items():
+            table.add_row(name, f"{value:.4f}")
         console.print(table)
-    out = Path(args.output) / "confusion.png"
-    confusion(result.report.confusion, result.classes, out, title=f"{result.source}")
-    console.print(f"wrote {out}")
+    for path in result.plots(Path(args.output)):
+        console.print(f"wrote {path}", markup=False)
     return 0

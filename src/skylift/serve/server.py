@@ -155,8 +155,24 @@ def _initial_state(config: ServeConfig) -> dict[str, dict[str, object]]:
             raise IntegrityError(f"{name}:{version}: {problems[0]}")
         if name in models:
             raise SkyliftError(f"model {name} is given twice; serve one version per model name")
+        _check_servable(registry.info(f"{name}:{version}"), f"{name}:{version}")
         models[name] = {"ref": ref, "version": version}
     return models
+
+
+def _check_servable(info: dict[str, Any], ref: str) -> None:
+    """SpecError unless the version is a classifier over numeric features: the one runtime built."""
+    from skylift.errors import SpecError
+
+    found = info.get("data")
+    data: dict[str, Any] = found if isinstance(found, dict) else {}
+    task, text = str(info.get("task", "classification")), data.get("input") == "text"
+    if task != "classification" or text:
+        what = f"a {'text ' if text else ''}{task.replace('_', ' ')} model"
+        raise SpecError(
+            f"{ref} is {what}: skylift serve runs classifiers over numeric features so far "
+            "(evaluate and predict take every task)"
+        )
 
 
 class Supervisor:
