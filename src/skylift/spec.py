@@ -191,6 +191,8 @@ class CheckpointSpec(_Frozen):
     """Validation metric that picks best.pt."""
     mode: Literal["min", "max"] = "min"
     """Whether a lower or a higher `monitor` is better; left out, it follows `monitor`."""
+    every_steps: int | None = Field(default=None, ge=1)
+    """Also save last.pt every N optimizer steps inside an epoch (long epochs); null: at epoch ends only."""
 
     @model_validator(mode="before")
     @classmethod

@@ -370,6 +370,7 @@ def _evaluate_sharded(rank: int, world: int, init: str, out: str) -> None:
     """One rank of a real gloo group: score this rank's slice, all-reduce the sums."""
     import torch.distributed as dist
 
+    from skylift.data._rows import TensorRows
     from skylift.dist import DistInfo
     from skylift.train import parallel
     from skylift.train.evaluation import eval_sums, sums_to_report
@@ -378,7 +379,7 @@ def _evaluate_sharded(rank: int, world: int, init: str, out: str) -> None:
     info = DistInfo(rank=rank, world_size=world)
     model, x, y = _eval_fixture()
     part = parallel.my_slice(len(y), info)
-    sums = parallel.all_reduce_sum(eval_sums(model, x[part], y[part], 7), info)
+    sums = parallel.all_reduce_sum(eval_sums(model, TensorRows(x[part], y[part]), 7), info)
     if rank == 0:
         loss, rep = sums_to_report(sums, 7)
         Path(out).write_text(json.dumps({"loss": loss, "cm": rep.confusion.tolist()}))

@@ -325,3 +325,43 @@ def test_serve_refuses_a_model_it_has_no_runtime_for_in_one_line(home: Path) -> 
         "error: reg:1 is a regression model: skylift serve runs classifiers over numeric features so far "
         "(evaluate and predict take every task)\n"
     )
+
+
+class _StopAfter:
+    """An observer that interrupts training after `steps` batches, as Ctrl-C would."""
+
+    def __init__(self, steps: int) -> None:
+        self.left = steps
+
+    def start(self, *args: object) -> None: ...
+
+    def epoch(self, row: object) -> None: ...
+
+    def note(self, line: str) -> None: ...
+
+    def step(self, samples: int) -> None:
+        self.left -= 1
+        if self.left == 0:
+            raise KeyboardInterrupt
+
+
+def test_a_run_stopped_inside_an_epoch_resumes_from_its_mid_epoch_checkpoint_exactly(home: Path) -> None:
+    from skylift.spec import load_spec
+    from tests.conftest import EXAMPLE
+
+    spec = load_spec(
+        EXAMPLE,
+        ["train.epochs=3", "train.threads=1", "train.checkpoint.every_steps=4", "distributed.workers=1"],
+    )
+    full = fit(spec, home=home, run_id="full")
+    with pytest.raises(KeyboardInterrupt):
+        # an epoch is 21 batches (1,295 rows of 64): stopped inside the 12th step of epoch 2
+        fit(spec, home=home, run_id="cut", observer=_StopAfter(21 + 12))  # type: ignore[arg-type]
+    state = load(home / "runs" / "cut" / "checkpoints" / "last.pt")
+    assert state["position"]["epoch"] == 2 and state["position"]["group"] == 8  # saved every 4 steps
+    resumed = fit(spec, home=home, run_id="cut")
+    a = load(home / "runs" / "full" / "checkpoints" / "last.pt")
+    b = load(home / "runs" / "cut" / "checkpoints" / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert [r["val_loss"] for r in resumed.history] == [r["val_loss"] for r in full.history]
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history]

@@ -104,10 +104,39 @@ def _batch_bounds(n: int, batch: int, world: int = 1) -> list[tuple[int, int]]:
     return bounds
 
 
-def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """A 63-bit seed for one rank's epoch, spread by SHA-256 so nearby inputs share no pattern."""
-    digest = hashlib.sha256(f"{seed}/{epoch}/{rank}".encode()).digest()
+def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    """A 63-bit seed for one rank's optimizer step, spread by SHA-256 so nearby inputs share no pattern."""
+    digest = hashlib.sha256(f"{seed}/{epoch}/{step}/{rank}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _rank_buffers(net: torch.nn.Module, dist: DistInfo) -> list[torch.Tensor] | None:
+    """Every rank's floating-point buffers (batch-norm statistics, per rank inside an epoch), gathered."""
+    import torch
+
+    bufs = [b.reshape(-1) for b in net.buffers() if b.is_floating_point()]
+    if not bufs:
+        return None
+    flat = torch.cat(bufs)
+    if not dist.distributed:
+        return [flat.cpu()]
+    import torch.distributed
+
+    every = [torch.empty_like(flat) for _ in range(dist.world_size)]
+    torch.distributed.all_gather(every, flat)
+    return [t.cpu() for t in every]
+
+
+def _set_rank_buffers(net: torch.nn.Module, saved: list[torch.Tensor] | None, dist: DistInfo) -> None:
+    """This rank's buffers as a mid-epoch checkpoint saved them (rank 0's after a worker-count change)."""
+    if not saved:
+        return
+    flat = saved[dist.rank] if len(saved) == dist.world_size else saved[0]
+    offset = 0
+    for b in net.buffers():
+        if b.is_floating_point():
+            b.copy_(flat[offset : offset + b.numel()].view_as(b))
+            offset += b.numel()
 
 
 def _cuda_rng(dist: DistInfo) -> dict[str, Any]:
@@ -210,6 +239,7 @@ def fit(
     best: float | None = None
     best_epoch: int | None = None
     stopped = False
+    position: dict[str, Any] | None = None  # where a mid-epoch last.pt was saved
     if state is not None:
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -219,6 +249,7 @@ def fit(
         gen.set_state(state["rng"]["shuffle"])
         history, best, best_epoch = state["history"], state["best"], state["best_epoch"]
         stopped = bool(state.get("stopped_early", False))  # a pruned run restarted stays stopped
+        position = state.get("position")
         if dist.is_main:
             run.write_metrics(history)  # a crash may have come between last.pt and metrics.jsonl
     model = parallel.wrap(net, dist, spec.distributed.sync_batchnorm) if dist.distributed else net
@@ -238,7 +269,7 @@ def fit(
     groups = [bounds[i : i + t.accumulate] for i in range(0, len(bounds), t.accumulate)]
     total_steps = len(groups) * t.epochs
     step_loss_S = torch.empty(len(bounds), dtype=torch.float64, device=dist.device)
-    first_epoch = len(history) + 1
+    first_epoch = position["epoch"] if position else len(history) + 1
     scheduled = t.schedule.warmup_steps > 0 or t.schedule.decay != "none"
     if observer:
         observer.start(run.run_id, first_epoch, t.epochs, n, (*task.columns, *filter(None, [task.unit_rate])))
@@ -246,12 +277,20 @@ def fit(
     for epoch in range(first_epoch, len(history) if stopped else t.epochs + 1):
         tick = time.perf_counter()
         model.train()
-        # Dropout's draws are a function of (seed, epoch, rank): ranks draw different amounts when
-        # their slices differ by a row, so one saved RNG state could not resume every rank exactly.
-        torch.manual_seed(_epoch_seed(t.seed, epoch, dist.rank))
+        first_group = step = 0
+        if position is not None and position["epoch"] == epoch:  # resuming inside this epoch
+            gen.set_state(position["shuffle"])
+            first_group, step = position["group"], len(position["step_losses"])
+            step_loss_S[:step] = torch.tensor(position["step_losses"], dtype=torch.float64)
+            _set_rank_buffers(net, position.get("rank_buffers"), dist)
+        shuffle_state = gen.get_state()
         perm_N = torch.randperm(n, generator=gen).to(dist.device)
-        step = 0
         for g, group in enumerate(groups):
+            if g < first_group:
+                continue
+            # Dropout's draws are a function of (seed, epoch, step, rank): one saved RNG state could
+            # not resume every rank exactly (ranks draw different amounts when slices differ by a row).
+            torch.manual_seed(_step_seed(t.seed, epoch, g, dist.rank))
             if scheduled:
                 lr = t.optimizer.lr * lr_factor((epoch - 1) * len(groups) + g, total_steps, t.schedule)
                 for param_group in optimizer.param_groups:
@@ -275,6 +314,26 @@ def fit(
             if t.clip_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), t.clip_grad_norm)
             optimizer.step()
+            every = t.checkpoint.every_steps
+            if every and (g + 1) % every == 0 and g + 1 < len(groups):
+                where = {"epoch": epoch, "group": g + 1, "shuffle": shuffle_state}
+                where["step_losses"] = step_loss_S[:step].tolist()
+                where["rank_buffers"] = _rank_buffers(net, dist)  # batch-norm statistics differ by rank
+                if dist.is_main:
+                    checkpoint.save(
+                        run.last,
+                        {
+                            "model": net.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle_state},
+                            "history": history,
+                            "best": best,
+                            "best_epoch": best_epoch,
+                            "stopped_early": False,
+                            "position": where,
+                            "meta": {**meta, "epoch": epoch - 1},
+                        },
+                    )
         seconds = time.perf_counter() - tick
         parallel.average_buffers(net, dist)
         sums = task.eval_sums(net, val_rows, data)
