@@ -39,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _train(args: argparse.Namespace, fatal: Path) -> int:
     import torch
 
+    from skylift.data._tokenizer import limit_threads
     from skylift.errors import SkyliftError
     from skylift.security import master_key_from_env
     from skylift.spec import load_spec
@@ -50,6 +51,7 @@ def _train(args: argparse.Namespace, fatal: Path) -> int:
     spec = load_spec(args.spec)
     key = master_key_from_env(args.key_file)
     torch.set_num_threads(spec.train.threads or args.threads)
+    limit_threads(spec.train.threads or args.threads)  # the tokenizer's threads share the same cores
     info = parallel.init_from_env(spec.distributed.backend)
     display = TrainDisplay() if info.is_main and args.progress else None
     on_epoch = None
