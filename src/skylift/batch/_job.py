@@ -10,9 +10,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from skylift.errors import DataError, SpecError
+from skylift.errors import SpecError
 
 if TYPE_CHECKING:
+    from skylift.batch._text_source import TextSource
     from skylift.data import FeatureSource
     from skylift.registry import LoadedModel
     from skylift.security import MasterKey
@@ -54,6 +55,8 @@ class PredictJob:
     """Rows per chunk: the unit spread over workers and recorded as finished for resuming."""
     label_column: str = "label"
     """csv/parquet column that is not a feature (ignored when present)."""
+    text_column: str = "text"
+    """A text model's input column (.csv, .parquet, .jsonl)."""
     overwrite: bool = False
     """Replace an existing output file."""
 
@@ -63,7 +66,7 @@ class PredictJob:
 
     def options(self) -> dict[str, Any]:
         """The options that change the output's bytes (workers and threads do not)."""
-        keep = ("output_format", "proba", "top_k", "batch_rows", "chunk_rows", "label_column")
+        keep = ("output_format", "proba", "top_k", "batch_rows", "chunk_rows", "label_column", "text_column")
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 
@@ -146,7 +149,7 @@ class Opened:
     """A job's verified model and its open input, checked against each other."""
 
     model: LoadedModel
-    source: FeatureSource
+    source: FeatureSource | TextSource
     weights: str
     """SHA-256 of the model's manifest entries: names the exact weights in the job key."""
 
@@ -157,22 +160,11 @@ def open_job(
     arrow_threads: bool = True,
     model: LoadedModel | None = None,
 ) -> Opened:
-    """Load the verified model (unless given) and open the input; DataError when they do not fit."""
-    import math
-
-    from skylift.data import open_features
+    """Load the verified model (unless given) and open the input as the model's kind reads it (numeric
+    features, or a text column); DataError when they do not fit."""
+    from skylift.batch._kinds import kind_of
     from skylift.registry import Registry
 
     model = model if model is not None else Registry(job.home, master_key).load(job.model)
     weights = hashlib.sha256(json.dumps(model.files, sort_keys=True).encode()).hexdigest()
-    source = open_features(
-        job.input, chunk_rows=job.chunk_rows, label_column=job.label_column, use_threads=arrow_threads
-    )
-    want = math.prod(model.input_shape)
-    if source.features != want:
-        source.close()
-        raise DataError(
-            f"{job.input}: samples have {source.features} features (shape {list(source.sample_shape)}) but "
-            f"model {model.ref} takes input_shape {list(model.input_shape)} ({want} values per row)"
-        )
-    return Opened(model, source, weights)
+    return Opened(model, kind_of(model).open(job, model, arrow_threads), weights)

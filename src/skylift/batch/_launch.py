@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from skylift.batch._job import PredictJob, check_options, check_output, open_job
 from skylift.batch._job import output_format as format_of
+from skylift.batch._kinds import kind_of
 from skylift.dist import agent_store
 from skylift.errors import SkyliftError, SpecError
 from skylift.home import skylift_home
@@ -92,6 +93,7 @@ def predict(
     proba: bool = False,
     top_k: int | None = None,
     label_column: str = "label",
+    text_column: str = "text",
     overwrite: bool = False,
     home: Path | str | None = None,
     master_key: bytes | MasterKey | None = None,
@@ -106,6 +108,11 @@ def predict(
     same call after a crash resumes and writes the same bytes. Raises SpecError (options, output
     path), DataError (input), ModelNotFound, IntegrityError or AuthError before any work starts
     whenever the problem can be seen up front.
+
+    What a row is follows the model's kind: numeric features for a numeric model, the
+    `text_column` of a .csv/.parquet/.jsonl file for a text model (a language model also reads
+    the lines of a .txt file). A classifier writes its class (with `proba` or `top_k` more), a
+    regressor one column per target, a language model each text's `log_likelihood` and `tokens`.
     """
     from skylift.batch._rank import run_rank
     from skylift.registry import Registry
@@ -132,13 +139,18 @@ def predict(
         batch_rows=batch_rows,
         chunk_rows=chunk_rows,
         label_column=label_column,
+        text_column=text_column,
         overwrite=overwrite,
     )
     if node_rank == 0:
         check_output(out, overwrite)
     with _one_thread():
         opened = open_job(job, key)
-    check_options(fmt, proba, top_k, batch_rows, chunk_rows, n_classes=len(opened.model.classes))
+    try:
+        kind_of(opened.model).check(opened.model, fmt, proba, top_k)
+    except SkyliftError:
+        opened.source.close()
+        raise
     notes = tuple(opened.source.notes)
     if workers * nnodes == 1:
         result = run_rank(

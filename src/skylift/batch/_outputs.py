@@ -5,7 +5,10 @@ class (`proba_<name>`; jsonl: a `proba` object keyed by class name; npz: `proba`
 with --top-k K the K most likely classes and their probabilities (`top1_class`, `top1_proba`,
 ...; jsonl: a `top_k` list; npz: `top_k_class`, `top_k_proba` (N, K)). npz also holds `classes`.
 `class` holds the model's label names, or the integer class ids when the model has no names
-(its classes are just "0".."C-1"). The bytes depend only on the results: no timestamps.
+(its classes are just "0".."C-1"). Regressors and language models write named value columns
+instead (`Outputs.columns`: one per target; `log_likelihood`, `tokens`): npz one array per column,
+npy the values alone ((N,) or (N, K), same dtype only). The bytes depend only on the results: no
+timestamps.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ def write_output(
     f: IO[bytes], fmt: str, classes: list[str], outputs: Outputs, rows: int, parts: Parts
 ) -> None:
     """Write every part, in order, to the open file `f` in format `fmt`."""
+    if outputs.columns:
+        _columns(f, fmt, outputs.columns, rows, parts)
+        return
     values = class_values(classes)
     if fmt == "npy":
         _npy(f, rows, values, outputs, parts)
@@ -175,3 +181,52 @@ def _jsonl(f: IO[bytes], values: np.ndarray, classes: list[str], outputs: Output
             lines = [f'{{"class":{label[c]}}}' for c in ids.tolist()]
         if lines:
             f.write(("\n".join(lines) + "\n").encode())
+
+
+def _columns(f: IO[bytes], fmt: str, columns: tuple[tuple[str, str], ...], rows: int, parts: Parts) -> None:
+    """Named value columns, each part holding one (n,) array per column."""
+    import pyarrow as pa
+
+    names = [name for name, _ in columns]
+    dtypes = [np.dtype(d) for _, d in columns]
+    if fmt == "npy":  # check_options allows it only when every column has one dtype
+        _npy_header(f, dtypes[0], (rows,) if len(columns) == 1 else (rows, len(columns)))
+        for arrays in parts():
+            values = np.stack(arrays, axis=1) if len(arrays) > 1 else arrays[0]
+            f.write(np.ascontiguousarray(values).tobytes())
+    elif fmt == "npz":
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as archive:
+            for j, (name, dtype) in enumerate(zip(names, dtypes, strict=True)):
+                with archive.open(_member(name), "w", force_zip64=True) as m:
+                    _npy_header(m, dtype, (rows,))
+                    for arrays in parts():
+                        m.write(np.ascontiguousarray(arrays[j], dtype=dtype).tobytes())
+    elif fmt == "jsonl":
+        keys = [json.dumps(name) for name in names]
+        for arrays in parts():
+            cells = [
+                _floats(a).tolist() if a.dtype == np.float32 else [json.dumps(v) for v in a.tolist()]
+                for a in arrays
+            ]
+            lines = [
+                "{" + ",".join(f"{k}:{v}" for k, v in zip(keys, row, strict=True)) + "}"
+                for row in zip(*cells, strict=True)
+            ]
+            if lines:
+                f.write(("\n".join(lines) + "\n").encode())
+    else:
+        import pyarrow.csv as pa_csv
+        import pyarrow.parquet as pq
+
+        schema = pa.schema([pa.field(n, pa.from_numpy_dtype(d)) for n, d in zip(names, dtypes, strict=True)])
+        if fmt == "csv":
+            plain = not any(c in name for name in names for c in ',"\r\n')
+            options = pa_csv.WriteOptions(quoting_header="none" if plain else "needed")
+            writer: Any = pa_csv.CSVWriter(f, schema, write_options=options)
+        else:
+            writer = pq.ParquetWriter(f, schema)
+        try:
+            for arrays in parts():
+                writer.write_batch(pa.RecordBatch.from_arrays([pa.array(a) for a in arrays], schema=schema))
+        finally:
+            writer.close()

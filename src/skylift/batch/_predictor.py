@@ -1,7 +1,8 @@
-"""The model applied to a chunk: logits -> class ids (and probabilities or top-k), packed as part bytes.
+"""The model applied to a chunk, packed as part bytes: logits -> class ids (and probabilities or
+top-k) for classifiers, or named value columns (a regressor's targets).
 
 Shape legend: n rows of a chunk, B rows of a batch, S... the model's per-sample input shape,
-C classes, K top-k.
+C classes, K top-k (classifiers) or targets (regressors).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ class Outputs:
 
     proba: bool = False
     top_k: int | None = None
+    columns: tuple[tuple[str, str], ...] = ()
+    """Named value columns (name, numpy dtype) instead of a class: a regressor's targets, or a
+    language model's log-likelihood and token count. Empty for classifiers."""
 
 
 def encode_part(arrays: list[np.ndarray]) -> bytes:
@@ -37,8 +41,9 @@ def encode_part(arrays: list[np.ndarray]) -> bytes:
 
 
 def decode_part(stream: BinaryIO, outputs: Outputs) -> list[np.ndarray]:
-    """What `encode_part` wrote: class ids (n,), then proba (n, C) or top-k ids and probabilities (n, K)."""
-    count = 1 + int(outputs.proba) + 2 * int(outputs.top_k is not None)
+    """What `encode_part` wrote: class ids (n,), then proba (n, C) or top-k ids and probabilities (n, K);
+    or one (n,) array per value column."""
+    count = len(outputs.columns) or 1 + int(outputs.proba) + 2 * int(outputs.top_k is not None)
     return [np.lib.format.read_array(stream, allow_pickle=False) for _ in range(count)]
 
 
@@ -92,3 +97,33 @@ def _cat(parts: list[torch.Tensor], width: int | None, dtype: type[np.generic]) 
     if not parts:
         return np.zeros((0,) if width is None else (0, width), dtype=dtype)
     return torch.cat(parts).numpy().astype(dtype, copy=False)
+
+
+def model_error(exc: Exception) -> DataError:
+    """What torch raised on input the model cannot take, as one line."""
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return DataError(f"the model failed on this input: {line}")
+
+
+class ValuesPredictor:
+    """A regressor: its outputs (B, K) in the targets' units, one float32 column per target."""
+
+    def __init__(self, module: nn.Module, input_shape: tuple[int, ...], targets: int) -> None:
+        self.module = module.eval()
+        self.input_shape = input_shape
+        self.targets = targets
+
+    def chunk(self, batches: Iterable[np.ndarray]) -> tuple[int, bytes]:
+        """(rows, part bytes) of one chunk; batches are float32 features or int64 token ids (B, T)."""
+        import torch
+
+        out: list[torch.Tensor] = []
+        with torch.inference_mode():
+            for x in batches:
+                x_BS = torch.from_numpy(x).reshape(len(x), *self.input_shape)
+                try:
+                    out.append(self.module(x_BS).reshape(len(x), self.targets).float())
+                except (RuntimeError, ValueError, IndexError) as exc:
+                    raise model_error(exc) from None
+        values_nK = _cat(out, self.targets, np.float32)
+        return len(values_nK), encode_part([values_nK[:, j] for j in range(self.targets)])

@@ -29,8 +29,9 @@ import numpy as np
 from skylift import errors
 from skylift.batch._board import Board
 from skylift.batch._job import Opened, PredictJob, job_key, open_job
+from skylift.batch._kinds import kind_of
 from skylift.batch._outputs import write_output
-from skylift.batch._predictor import Outputs, Predictor, decode_part
+from skylift.batch._predictor import Outputs, decode_part
 from skylift.batch._progress import PredictObserver
 from skylift.batch._work import WorkDir, publish, write_staged
 from skylift.errors import DataError, SkyliftError
@@ -130,10 +131,9 @@ class _Rank:
             pending[s * len(pending) // board.world : (s + 1) * len(pending) // board.world]
             for s in range(board.world)
         ]
-        outputs = Outputs(job.proba, job.top_k)
-        predictor = Predictor(
-            opened.model.module, opened.model.input_shape, len(opened.model.classes), outputs
-        )
+        kind = kind_of(opened.model)
+        outputs = kind.outputs(opened.model, job.proba, job.top_k)
+        predictor = kind.predictor(opened.model, outputs)
         display = observer() if (observer is not None and is_writer) else None
         if display is not None:
             self.stack.callback(display.close)
@@ -229,7 +229,7 @@ class _Rank:
 
     def _predict(
         self,
-        predictor: Predictor,
+        predictor: Any,
         source: Any,
         blocks: list[list[int]],
         work: WorkDir | None,

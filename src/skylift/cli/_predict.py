@@ -29,7 +29,8 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "--input",
         required=True,
         metavar="SRC",
-        help="features: .npy .npz .csv[.gz] .parquet, IDX images, builtin:NAME, or a folder of such files",
+        help="features: .npy .npz .csv[.gz] .parquet, IDX images, builtin:NAME, or a folder of such files; "
+        "text models: .csv .parquet .jsonl (--text-column), language models also .txt (one text per line)",
     )
     p.add_argument(
         "--output", required=True, metavar="DST", help="output file (.npz .npy .csv .parquet .jsonl)"
@@ -40,8 +41,10 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         help="output format (default: from the output's extension)",
     )
     what = p.add_mutually_exclusive_group()
-    what.add_argument("--proba", action="store_true", help="also write every class probability")
-    what.add_argument("--top-k", type=_positive, metavar="K", help="also write the K likeliest classes")
+    what.add_argument("--proba", action="store_true", help="classifiers: also write every class probability")
+    what.add_argument(
+        "--top-k", type=_positive, metavar="K", help="classifiers: also write the K likeliest classes"
+    )
     p.add_argument(
         "--workers", type=_positive, default=1, metavar="N", help="worker processes on this node (default: 1)"
     )
@@ -64,6 +67,12 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         default="label",
         metavar="NAME",
         help="csv/parquet column that is not a feature (default: label)",
+    )
+    p.add_argument(
+        "--text-column",
+        default="text",
+        metavar="NAME",
+        help="a text model's input column of .csv/.parquet/.jsonl files (default: text)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument(
@@ -107,6 +116,7 @@ def _predict(args: argparse.Namespace) -> int:
         proba=args.proba,
         top_k=args.top_k,
         label_column=args.label_column,
+        text_column=args.text_column,
         overwrite=args.overwrite,
         home=args.home,
         master_key=key,

@@ -244,7 +244,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     console = _console()
     size = f"{result.n} samples" if result.tokens is None else f"{result.n} blocks, {result.tokens:,} tokens"
-    console.print(f"{result.model} on {result.source}: {size}, loss {result.loss:.4f}", markup=False)
+    what = f"{result.model} on {result.source}: {size}, loss {result.loss:.4f}"
+    console.print(what, markup=False, soft_wrap=True)
     if result.report is not None:
         for table in report_tables(result.report, result.classes):
             console.print(table)
@@ -256,5 +257,5 @@ def _evaluate(args: argparse.Namespace) -> int:
             table.add_row(name, f"{value:.4f}")
         console.print(table)
     for path in result.plots(Path(args.output)):
-        console.print(f"wrote {path}", markup=False)
+        console.print(f"wrote {path}", markup=False, soft_wrap=True)
     return 0

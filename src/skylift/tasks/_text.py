@@ -47,10 +47,12 @@ def encode(tok: TextTokenizer, texts: list[str], max_length: int) -> np.ndarray:
     return ids
 
 
-def text_meta(tok: TextTokenizer, max_length: int) -> dict[str, Any]:
-    """What a text model records: its tokenizer (JSON), the vocabulary and padding, the length."""
+def text_meta(tok: TextTokenizer, max_length: int, text_column: str | None = None) -> dict[str, Any]:
+    """What a text model records: its tokenizer (JSON), the vocabulary and padding, the length, and
+    the column its texts came from (evaluate and predict read the same column by default)."""
     return {
         "input": "text",
+        **({"text_column": text_column} if text_column else {}),
         "tokenizer": tok.to_json(),
         "vocab_size": tok.vocab_size,
         "pad_id": tok.pad_id,
@@ -109,7 +111,7 @@ def load_text_classification(spec: JobSpec) -> TaskData:
         input_shape=(length,),
         n_outputs=len(classes),
         terms_per_row=1,
-        meta={"task": "classification", "classes": list(classes), **text_meta(tok, length)},
+        meta={"task": "classification", "classes": list(classes), **text_meta(tok, length, d.text_column)},
         fingerprint=_fingerprint(train_texts, y[rest]),
     )
 
@@ -151,7 +153,9 @@ def load_text_regression(spec: JobSpec) -> TaskData:
             "task": "regression",
             "targets": list(names),
             "scale": {"y_mean": y_mean, "y_std": y_std},
-            **text_meta(tok, length),
+            **text_meta(tok, length, d.text_column),
+            "loss": spec.train.loss or "mse",
+            "huber_delta": spec.train.huber_delta,
         },
         fingerprint=_fingerprint(train.texts, train.targets),
         extras={"loss": spec.train.loss or "mse", "huber_delta": spec.train.huber_delta},

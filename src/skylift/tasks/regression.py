@@ -111,6 +111,8 @@ class Regression(Task):
                 "targets": list(table.targets),
                 "features": list(table.features),
                 "scale": {"x_mean": x_mean, "x_std": x_std, "y_mean": y_mean, "y_std": y_std},
+                "loss": spec.train.loss or "mse",
+                "huber_delta": spec.train.huber_delta,
             },
             fingerprint=train.fingerprint(),
             extras={"loss": spec.train.loss or "mse", "huber_delta": spec.train.huber_delta},

@@ -1,11 +1,14 @@
-"""Evaluation: a model (or a run's best checkpoint) on a data source -> loss and a metrics report.
+"""Evaluation: a model (or a run's best checkpoint) on a data source -> its task's loss and metrics.
+
+The data is read the way the model's task reads it (`_eval_data`), scored by the task's own
+`eval_sums` and `summarize`; a classifier also gets its confusion-matrix report.
 
 Shape legend: N samples, B batch rows, C classes, S... per-sample input shape.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,14 +79,42 @@ class Evaluation:
     """What was evaluated: `checkpoint PATH` or `model NAME:VERSION`."""
     source: str
     classes: tuple[str, ...]
+    """A classifier's classes; empty for other tasks."""
     loss: float
-    report: ClassificationReport
+    """The task's mean loss: cross-entropy per row or token, or MSE on the standardized targets."""
+    report: ClassificationReport | None
+    """A classifier's confusion-matrix report (per-class table); None for other tasks."""
+    task: str = "classification"
+    metrics: dict[str, float] = field(default_factory=dict)
+    """The task's metrics, unprefixed: accuracy/f1/..., mae/rmse/r2, or perplexity/bits_per_byte."""
+    n: int = 0
+    """Rows evaluated (language models: blocks of `block_size` tokens)."""
+    tokens: int | None = None
+    """Language models: tokens scored."""
+    _module: Any = field(default=None, repr=False, compare=False)
+    _data: Any = field(default=None, repr=False, compare=False)
+
+    def plots(self, folder: Path) -> list[Path]:
+        """Write the task's plots into `folder` (classifiers: confusion.png; regressors: scatter.png)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.report is not None:
+            from skylift.train.plots import confusion
+
+            out = folder / "confusion.png"
+            confusion(self.report.confusion, self.classes, out, title=self.source)
+            return [out]
+        if self.task == "regression" and self._module is not None:
+            from skylift.tasks import TASKS
+
+            TASKS["regression"].finish(self._module, self._data, folder)
+            return [folder / "scatter.png"]
+        return []
 
 
 def _load_target(
     target: str, home: Path | str | None, master_key: MasterKey | None
-) -> tuple[torch.nn.Module, tuple[str, ...], tuple[int, ...], str]:
-    """(model, classes, input_shape, description) of a checkpoint, run or registered model reference.
+) -> tuple[torch.nn.Module, dict[str, Any], str | None, str]:
+    """(model, metadata, tokenizer JSON or None, description) of a checkpoint, run or registered model.
 
     A checkpoint file, run folder or run id is looked for first, then the model registry.
     """
@@ -102,15 +133,13 @@ def _load_target(
             loaded = Registry(skylift_home(home), master_key).load(ref)
         except ModelNotFound as exc:
             raise ModelNotFound(f"{target}: not a checkpoint file, run folder or run id, and {exc}") from None
-        return loaded.module, tuple(loaded.classes), loaded.input_shape, f"model {loaded.ref}"
+        meta = {**loaded.data, "input_shape": list(loaded.input_shape)}
+        if "classes" not in meta and loaded.classes:
+            meta["classes"] = list(loaded.classes)
+        return loaded.module, meta, loaded.tokenizer, f"model {loaded.ref}"
     state = checkpoint.load(path)
-    meta = state["meta"]
-    return (
-        model_from_checkpoint(state),
-        tuple(meta["classes"]),
-        tuple(meta["input_shape"]),
-        f"checkpoint {path}",
-    )
+    meta = dict(state["meta"])
+    return model_from_checkpoint(state), meta, meta.pop("tokenizer", None), f"checkpoint {path}"
 
 
 def evaluate(
@@ -118,6 +147,7 @@ def evaluate(
     source: str,
     *,
     label_column: str = "label",
+    text_column: str | None = None,
     home: Path | str | None = None,
     master_key: MasterKey | None = None,
 ) -> Evaluation:
@@ -125,13 +155,34 @@ def evaluate(
 
     `target`: a checkpoint file, run folder, run id, or a model reference (`NAME`, `NAME:VERSION`,
     `NAME@ALIAS`); a registered model is verified against its manifest before it is used.
+    The model's task decides what `source` is: numeric features (any source training reads) or a
+    text table's `text_column` (default: "text") with `label_column` labels for a classifier;
+    numeric features or a text column with the model's target columns for a regressor; a .txt
+    corpus (file, folder or glob) for a language model, tokenized once into the token cache.
+    Metrics are the task's own (`Task.eval_sums` then `Task.summarize`).
     """
-    from skylift.data import read_source
+    from skylift.tasks import task_of
+    from skylift.train._eval_data import eval_data
 
-    model, classes, input_shape, what = _load_target(target, home, master_key)
-    ds, bundled_test = read_source(source, label_column=label_column, classes=classes)
-    # An IDX folder or Keras-style npz holds train + test: evaluation uses the held-out part.
-    ds = bundled_test if bundled_test is not None else ds
-    x_NS, y_N = as_input(ds, input_shape)
-    loss, rep = evaluate_tensors(model, x_NS, y_N, len(classes))
-    return Evaluation(what, source, classes, loss, rep)
+    model, meta, tokenizer_json, what = _load_target(target, home, master_key)
+    label = what.split(" ", 1)[1] if what.startswith("model ") else "the model"
+    data = eval_data(
+        meta,
+        tokenizer_json,
+        source,
+        what=label,
+        label_column=label_column,
+        text_column=text_column,
+        cache=skylift_home(home) / "cache",
+    )
+    task = task_of(meta)
+    assert data.test is not None  # eval_data puts every row there
+    sums = task.eval_sums(model, data.test, data)
+    if task.name == "classification":
+        classes = tuple(str(c) for c in meta["classes"])
+        loss, rep = sums_to_report(sums, len(classes))
+        metrics = rep.summary("")
+        return Evaluation(what, source, classes, loss, rep, task.name, metrics, rep.n, None, model, data)
+    loss, metrics = task.summarize(sums, data, prefix="")
+    tokens = int(sums[1]) if task.name == "language_modeling" else None
+    return Evaluation(what, source, (), loss, None, task.name, metrics, len(data.test), tokens, model, data)
