@@ -365,3 +365,47 @@ def test_a_run_stopped_inside_an_epoch_resumes_from_its_mid_epoch_checkpoint_exa
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert [r["val_loss"] for r in resumed.history] == [r["val_loss"] for r in full.history]
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history]
+
+
+@pytest.mark.parametrize("kind", ["regression", "text"])
+def test_two_workers_match_one_for_regression_and_text_classification(
+    home: Path, tmp_path: Path, kind: str
+) -> None:
+    if kind == "regression":
+        raw: dict[str, object] = {
+            "name": "reg",
+            "task": "regression",
+            "data": {"train": "builtin:diabetes", "test_split": 0.2},
+            "model": {"layers": [{"dense": {"units": 16, "activation": "relu"}}, {"dense": {"units": 1}}]},
+        }
+    else:
+        csv = tmp_path / "texts.csv"
+        rows = [(t, label) for label, texts in TEXTS.items() for t in texts] * 3
+        csv.write_text("text,topic\n" + "".join(f"{t},{label}\n" for t, label in rows))
+        raw = {
+            "name": "topics",
+            "data": {
+                "train": str(csv),
+                "text_column": "text",
+                "label_column": "topic",
+                "tokenizer": {"train": "bpe", "vocab_size": 300},
+                "block_size": 12,
+            },
+            "model": {
+                "layers": [
+                    {"token_embedding": {"dim": 16}},
+                    {"pool": {"mode": "mean"}},
+                    {"dense": {"units": 2}},
+                ]
+            },
+        }
+    raw["train"] = {"epochs": 2, "batch_size": 16, "optimizer": {"name": "adamw", "lr": 0.01}, "threads": 1}
+    spec = parse_spec(raw)
+    one = launch(spec, Placement(workers=1), home=home, run_id="one")
+    two = launch(spec, Placement(workers=2, max_restarts=0), home=home, run_id="two")
+    assert one is not None and two is not None
+    a = load(home / "runs" / "one" / "checkpoints" / "last.pt")["model"]
+    b = load(home / "runs" / "two" / "checkpoints" / "last.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=2e-4, atol=2e-5, msg=k)
+    assert one.summary["best"] == pytest.approx(two.summary["best"], rel=1e-4)
