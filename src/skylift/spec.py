@@ -315,6 +315,16 @@ def _lookup(raw: Any, path: str) -> tuple[bool, Any]:
     return True, node
 
 
+def _layer_param(raw: Any, path: str) -> bool:
+    """Whether `path` is `model.layers.N.TYPE.PARAM` for a layer the spec has: a parameter the spec
+    may leave at its default (layers are checked by the model build, which knows their names)."""
+    parts = path.split(".")
+    if len(parts) != 5 or parts[:2] != ["model", "layers"]:
+        return False
+    found, params = _lookup(raw, ".".join(parts[:4]))
+    return found and isinstance(params, dict)
+
+
 class TuneSpec(_Frozen):
     trials: int = Field(default=20, ge=1)
     """Trials the study runs in total (a re-run resumes up to this count)."""
@@ -438,6 +448,8 @@ class JobSpec(_Frozen):
         raw = self.to_dict()
         for path in self.tune.space:
             found, value = _lookup(raw, path)
+            if not found and _layer_param(raw, path):
+                continue  # a layer parameter left at its default; the model build checks its name
             if not found:
                 raise ValueError(f"tune.space: {path} is not a field of this spec (check the dotted path)")
             if isinstance(value, dict | list):
@@ -488,7 +500,8 @@ def _describe(err: dict[str, Any]) -> str:
 
 
 def _apply_override(raw: dict[str, Any], assignment: str) -> None:
-    """Apply one `--set a.b.c=value` (value parsed as YAML) to the raw spec mapping."""
+    """Apply one `--set a.b.c=value` (value parsed as YAML) to the raw spec mapping; a numeric
+    part indexes a list (`model.layers.0.dense.units=32`), as in tune.space."""
     path, sep, text = assignment.partition("=")
     if not sep or not path:
         raise SpecError(f"--set expects FIELD=VALUE (e.g. train.epochs=3), got {assignment!r}")
@@ -498,15 +511,26 @@ def _apply_override(raw: dict[str, Any], assignment: str) -> None:
         value = text
     keys = path.split(".")
     node: Any = raw
-    for i, key in enumerate(keys[:-1]):
-        child = node.get(key) if isinstance(node, dict) else None
-        if child is None:
-            child = {}
+    for i, key in enumerate(keys):
+        slot: str | int = key
+        if isinstance(node, list):  # a list item by its index: model.layers.0.dense.units
+            if not key.isdigit() or int(key) >= len(node):
+                where = ".".join(keys[:i])
+                raise SpecError(
+                    f"--set {path}: {where} is a list of {len(node)}: "
+                    f"give an index 0..{len(node) - 1}, got {key!r}"
+                )
+            slot = int(key)
+        elif not isinstance(node, dict):
+            raise SpecError(f"--set {path}: {'.'.join(keys[:i])} is not a section")
+        if i == len(keys) - 1:
+            node[slot] = value
+        elif isinstance(node, dict) and node.get(key) is None:
+            child: dict[str, Any] = {}
             node[key] = child
-        if not isinstance(child, dict):
-            raise SpecError(f"--set {path}: {'.'.join(keys[: i + 1])} is not a section")
-        node = child
-    node[keys[-1]] = value
+            node = child
+        else:
+            node = node[slot]
 
 
 def parse_spec(raw: Any, overrides: list[str] | tuple[str, ...] = (), source: str = "spec") -> JobSpec:

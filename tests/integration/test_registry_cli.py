@@ -407,3 +407,96 @@ def test_list_shows_metric_created_aliases_and_prune_dry_runs_first(
         assert exc.value.code == 2 and part in err and err.count("\n") == 1, err
     code, _, err = run(capsys, "models", "list", "--name", "mnist-mpl")
     assert code == 2 and "did you mean 'mnist-mlp'?" in err
+
+
+# A few sentences of public-domain prose (Jerome K. Jerome, Three Men in a Boat, 1889).
+PROSE = """There were four of us - George, and William Samuel Harris, and myself, and Montmorency.
+We were sitting in my room, smoking, and talking about how bad we were - bad from a medical point
+of view I mean, of course. We were all feeling seedy, and we were getting quite nervous about it.
+"""
+
+
+@pytest.fixture(scope="module")
+def tasks_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home with a registered regressor (builtin:diabetes) and a tiny language model, 1 epoch each."""
+    from skylift.spec import parse_spec
+    from skylift.train import fit
+
+    root = tmp_path_factory.mktemp("tasks")
+    home = root / "home"
+    corpus = root / "corpus.txt"
+    corpus.write_text(PROSE * 6)
+    regression = {
+        "name": "diabetes",
+        "task": "regression",
+        "data": {"train": "builtin:diabetes", "validation_split": 0.2},
+        "model": {"layers": [{"dense": {"units": 8, "activation": "relu"}}, {"dense": {"units": 1}}]},
+        "train": {"epochs": 1, "batch_size": 32, "threads": 1},
+        "distributed": {"workers": 1},
+    }
+    lm = {
+        "name": "tiny-lm",
+        "task": "language_modeling",
+        "data": {"train": str(corpus), "tokenizer": {"vocab_size": 280}, "block_size": 8},
+        "model": {
+            "layers": [{"token_embedding": {"dim": 16}}, {"decoder_block": {"heads": 2}}, {"lm_head": {}}]
+        },
+        "train": {"epochs": 1, "batch_size": 8, "threads": 1},
+        "distributed": {"workers": 1},
+    }
+    for raw in (regression, lm):
+        fit(parse_spec(raw), home=home, run_id=str(raw["name"]))
+    return home
+
+
+def test_show_and_list_name_the_task_signature_and_tokenizer(
+    tasks_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SKYLIFT_HOME", str(tasks_home))
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.delenv("SKYLIFT_MASTER_KEY", raising=False)
+    code, out, _ = run(capsys, "models", "list")
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.startswith("│")}
+    assert code == 0 and "regression" in rows["diabetes"] and "language_modeling" in rows["tiny-lm"], out
+    code, out, _ = run(capsys, "models", "list", "--name", "tiny-lm")
+    assert code == 0 and "language_modeling" in out
+
+    code, out, _ = run(capsys, "models", "show", "diabetes")
+    assert code == 0
+    for text in ("regression", "regressor", "input FP32 [-1, 10]", "predictions FP32 [-1, 1]", "progression"):
+        assert text in out, text
+    assert "tokenizer" not in out and "val_mae" in out
+
+    code, out, _ = run(capsys, "models", "show", "tiny-lm:1")
+    info = json.loads((tasks_home / "registry" / "tiny-lm" / "1" / "model.json").read_text())
+    manifest = json.loads((tasks_home / "registry" / "tiny-lm" / "1" / "MANIFEST.json").read_text())
+    vocab = info["data"]["vocab_size"]
+    assert code == 0
+    for text in (
+        "language_modeling",
+        "generator",
+        "input_ids INT64 [-1, -1]",
+        f"logits FP32 [-1, -1, {vocab}]",
+        f"vocab size │ {vocab}",
+        "pad id     │ 0",
+        "block size │ 8 tokens",
+        "tokenizer.json (",
+        manifest["files"]["tokenizer.json"]["sha256"],
+        "val_perplexity",
+    ):
+        assert text in out, text
+
+
+def test_export_refuses_a_language_model_and_writes_a_regressor(
+    tasks_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SKYLIFT_HOME", str(tasks_home))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    for fmt in ("onnx", "torchscript"):
+        code, out, err = run(capsys, "models", "export", "tiny-lm", "--format", fmt, "--output", str(out_dir))
+        assert code == 2 and out == "" and err.count("\n") == 1, err
+        assert err.startswith("error: export of language models is not supported: serve them with")
+    assert list(out_dir.iterdir()) == []
+    code, out, _ = run(capsys, "models", "export", "diabetes", "--format", "onnx", "--output", str(out_dir))
+    assert code == 0 and (out_dir / "diabetes-1.onnx").is_file(), out

@@ -18,7 +18,9 @@ def test_warmup_then_cosine_or_linear_decay_to_the_floor() -> None:
     assert lr_factor(4, total, s) == pytest.approx(1.0)
     assert lr_factor(total - 1, total, s) == pytest.approx(0.1)
     middle = 4 + (total - 4 - 1) / 2
-    assert lr_factor(int(middle), total, s) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 9 / 19)))
+    assert lr_factor(int(middle), total, s) == pytest.approx(
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 9 / 19))
+    )
     linear = ScheduleSpec(decay="linear")
     assert [lr_factor(i, 5, linear) for i in range(5)] == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
     assert lr_factor(7, 5, linear) == 0.0  # past the end: the floor, never negative

@@ -94,6 +94,28 @@ def test_bad_fields_get_one_line_naming_field_and_value(override: str, message: 
     assert "\n" not in str(info.value)
 
 
+def test_set_indexes_list_items_as_tune_space_does() -> None:
+    spec = load_spec(EXAMPLE, ["model.layers.0.dense.units=32", "model.layers.1={dropout: {rate: 0.3}}"])
+    assert spec.model.layers is not None
+    assert spec.model.layers[0]["dense"]["units"] == 32 and spec.model.layers[1] == {"dropout": {"rate": 0.3}}
+    assert spec.model.layers[2:] == load_spec(EXAMPLE).model.layers[2:]  # the rest untouched
+    n = len(spec.model.layers)
+    for override, message in (
+        (
+            f"model.layers.{n}.dense.units=3",
+            f"model.layers is a list of {n}: give an index 0..{n - 1}, got '{n}'",
+        ),
+        ("model.layers.first.dense.units=3", "model.layers is a list of"),
+        (
+            "model.layers.0.dense.units.x=1",
+            "--set model.layers.0.dense.units.x: model.layers.0.dense.units is not a section",
+        ),
+    ):
+        with pytest.raises(SpecError) as info:
+            load_spec(EXAMPLE, [override])
+        assert message in str(info.value) and "\n" not in str(info.value)
+
+
 def test_missing_required_field() -> None:
     raw = _raw()
     del raw["data"]

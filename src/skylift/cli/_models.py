@@ -154,13 +154,14 @@ def _list(args: argparse.Namespace) -> int:
     if not entries:
         console.print(f"no models registered in {registry.root}")
         return 0
-    table = Table("name", "latest", "versions", "aliases", "created (UTC, latest)", "metric (latest)")
+    table = Table("name", "task", "latest", "versions", "aliases", "created (UTC, latest)", "metric (latest)")
     for e in entries:
         aliases = ", ".join(f"{a} -> {v}" for a, v in sorted(e.aliases.items()))
         versions = ", ".join(str(v) for v in e.versions[-8:])
         latest = registry.versions(e.name)[-1]  # checked against its manifest, like `show`
         table.add_row(
             e.name,
+            latest.task or "?",
             str(e.latest),
             versions if len(e.versions) <= 8 else f"..., {versions}",
             aliases,
@@ -178,10 +179,16 @@ def _list_versions(registry: Registry, name: str, sort: str) -> int:
 
     rows = sort_versions(registry.versions(name), sort)
     table = Table(
-        "version", "created (UTC)", "metric", "aliases", title=f"{name} (by {sort})", title_justify="left"
+        "version",
+        "created (UTC)",
+        "metric",
+        "aliases",
+        "task",
+        title=f"{name} (by {sort})",
+        title_justify="left",
     )
     for r in rows:
-        table.add_row(str(r.version), _created(r.created), _metric(r), ", ".join(r.aliases))
+        table.add_row(str(r.version), _created(r.created), _metric(r), ", ".join(r.aliases), r.task or "?")
     _console().print(table)
     return 0
 
@@ -238,6 +245,41 @@ def _integrity(info: dict[str, Any]) -> str:
     return "every file's SHA-256 verified"
 
 
+def _tensor(entry: dict[str, Any]) -> str:
+    return f"{entry['name']} {entry['datatype']} {entry['shape']}"
+
+
+def _answers(info: dict[str, Any]) -> tuple[str, str]:
+    """(row name, value): what the model's outputs mean, by signature kind."""
+    sig, data = info["signature"], info.get("data") or {}
+    if sig.get("kind") == "regressor":
+        return "targets", ", ".join(str(t) for t in sig.get("targets", []))
+    if sig.get("kind") == "generator":
+        return "vocabulary", f"{data.get('vocab_size', sig['outputs'][0]['shape'][-1])} tokens"
+    return "classes", ", ".join(str(c) for c in sig.get("classes", []))
+
+
+def _tokenizer_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """A text model's tokenizer: sizes and padding from model.json, its file and hash from the manifest."""
+    data = info.get("data") or {}
+    file = next((f for f in ("tokenizer.json.enc", "tokenizer.json") if f in info["files"]), None)
+    if file is None and data.get("input") != "text":
+        return []
+    rows = [("vocab size", str(data.get("vocab_size", "?"))), ("pad id", str(data.get("pad_id", "?")))]
+    if "eos_id" in data:
+        rows.append(("eos id", str(data["eos_id"])))
+    if info.get("task") == "language_modeling":
+        rows.append(("block size", f"{data.get('block_size', '?')} tokens (the context it was trained on)"))
+    else:
+        rows.append(("max length", f"{data.get('max_length', '?')} tokens (longer texts are truncated)"))
+    if file is None:
+        rows.append(("file", "missing from the manifest"))
+    else:
+        entry = info["files"][file]
+        rows += [("file", f"{file} ({entry['size']:,} bytes)"), ("sha256", str(entry["sha256"]))]
+    return rows
+
+
 def _show(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -245,15 +287,14 @@ def _show(args: argparse.Namespace) -> int:
     sig = info["signature"]
     overview = Table("field", "value", title=info["ref"], title_justify="left", show_header=False)
     rows = [
+        ("task", info.get("task", "classification")),
+        ("signature", sig.get("kind", "classifier")),
         ("created", info.get("created", "?")),
         ("aliases", ", ".join(info["aliases"]) or "-"),
         ("architecture", _architecture(info.get("architecture", {}).get("model", {}))),
-        ("input", f"{sig['inputs'][0]['name']} {sig['inputs'][0]['datatype']} {sig['inputs'][0]['shape']}"),
-        (
-            "output",
-            f"{sig['outputs'][0]['name']} {sig['outputs'][0]['datatype']} {sig['outputs'][0]['shape']}",
-        ),
-        ("classes", ", ".join(str(c) for c in sig["classes"])),
+        *((f"input{'s' * (len(sig['inputs']) > 1)}", "; ".join(_tensor(i) for i in sig["inputs"])),),
+        *((f"output{'s' * (len(sig['outputs']) > 1)}", "; ".join(_tensor(o) for o in sig["outputs"])),),
+        _answers(info),
         ("encrypted", "yes (AES-256-GCM)" if info.get("encrypted") else "no"),
         ("integrity", _integrity(info)),
         ("size", f"{info['size_bytes']:,} bytes"),
@@ -262,6 +303,12 @@ def _show(args: argparse.Namespace) -> int:
     for name, value in rows:
         overview.add_row(name, str(value))
     tables = [overview]
+    tokenizer = _tokenizer_rows(info)
+    if tokenizer:
+        t = Table("field", "value", title="tokenizer", title_justify="left", show_header=False)
+        for name, value in tokenizer:
+            t.add_row(name, value)
+        tables.append(t)
     for title in ("metrics", "lineage"):
         if info.get(title):
             t = Table("name", "value", title=title, title_justify="left")

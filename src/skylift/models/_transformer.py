@@ -154,7 +154,8 @@ class DecoderStack(MaskedLayer):
     def forward(self, x_BTD: torch.Tensor, mask_BT: torch.Tensor | None = None) -> torch.Tensor:
         if self.positions is not None:
             T, P = x_BTD.shape[1], self.positions.shape[0]
-            if T > P:
+            tracing = torch.jit.is_tracing()  # type: ignore[attr-defined,no-untyped-call]
+            if not tracing and T > P:  # a traced size is not a Python bool
                 raise ValueError(f"{T} tokens exceed the {P} learned positions (decoder_block.max_positions)")
             x_BTD = x_BTD + self.positions[:T]
         for block in self.blocks:

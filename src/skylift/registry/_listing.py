@@ -1,4 +1,4 @@
-"""What `models list` shows of a version (monitored metric, creation time, aliases) and its orders."""
+"""What `models list` shows of a version (task, monitored metric, creation time, aliases) and its orders."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ class VersionInfo:
     """`monitor`'s value at the registered checkpoint."""
     problem: str | None = None
     """Why the version failed its check (nothing else of it is shown then)."""
+    task: str | None = None
+    """What the model does: classification, regression or language_modeling (None when damaged)."""
 
     @property
     def ref(self) -> str:
@@ -42,7 +44,8 @@ def version_info(name: str, version: int, info: Mapping[str, Any], aliases: Iter
     value = metrics.get(monitor) if monitor else None
     metric = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
     created = info.get("created") if isinstance(info.get("created"), str) else None
-    return VersionInfo(name, version, created, tuple(sorted(aliases)), monitor, metric)
+    task = str(info.get("task") or "classification")  # versions from before tasks are classifiers
+    return VersionInfo(name, version, created, tuple(sorted(aliases)), monitor, metric, task=task)
 
 
 def sort_versions(rows: Iterable[VersionInfo], by: str) -> list[VersionInfo]:

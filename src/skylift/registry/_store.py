@@ -435,9 +435,10 @@ class Registry:
         encrypted version is written in the clear: export is an explicit decision to take the model
         out of the registry.
         """
-        from skylift.registry._export import export_model, export_target
+        from skylift.registry._export import check_exportable, export_model, export_target
 
         name, version = self.resolve(ref)
+        check_exportable(self.info(f"{name}:{version}"))  # a language model: refused before any work
         export_target(Path(output), name, version, fmt, overwrite)  # refuse before the slow part
         return export_model(self.load(f"{name}:{version}"), fmt, Path(output), overwrite)
 

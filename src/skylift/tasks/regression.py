@@ -52,7 +52,7 @@ def make_rescaled(model: torch.nn.Module, scale: dict[str, list[float]]) -> torc
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             b = dict(self.named_buffers(recurse=False))
             if x.is_floating_point() and self.scales_x:  # per feature, whatever input_shape folds them to
-                x = ((x.reshape(len(x), -1) - b["x_mean"]) / b["x_std"]).reshape(x.shape)
+                x = ((x.flatten(1) - b["x_mean"]) / b["x_std"]).reshape(x.shape)
             out: torch.Tensor = self.model(x)
             return out * b["y_std"] + b["y_mean"]
 

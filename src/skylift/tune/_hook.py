@@ -38,13 +38,16 @@ def pruning_hook(arg: str) -> Callable[[dict[str, Any]], bool]:
         pruner=make_pruner(a["pruner"], a["epochs"]),
     )
     trial = optuna.Trial(study, a["trial_id"])
-    metric = a["metric"]
+    metric, last = a["metric"], int(a["epochs"])
 
     def on_epoch(row: dict[str, Any]) -> bool:
         value = float(row[metric])
         if math.isnan(value):
             return True  # a diverged trial: nothing to learn from more epochs
-        trial.report(value, int(row["epoch"]))
-        return bool(trial.should_prune())
+        epoch = int(row["epoch"])
+        trial.report(value, epoch)
+        # After the last epoch there is nothing left to save: the trial is complete, and may be the
+        # best (Hyperband can still rank it below its bracket's cut at max_resource).
+        return epoch < last and bool(trial.should_prune())
 
     return on_epoch

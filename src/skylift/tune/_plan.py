@@ -84,7 +84,7 @@ def make_plan(spec: JobSpec, o: TuneOptions, home: Path) -> Plan:
     """Resolve and validate; raises SpecError/DataError and writes nothing."""
     from skylift.train.loop import setup
     from skylift.tune._algorithms import make_pruner, make_sampler
-    from skylift.tune._space import check_space, extremes, grid_size
+    from skylift.tune._space import check_models, check_space, extremes, grid_size
 
     t = spec.tune
     study = o.study or spec.name
@@ -108,7 +108,8 @@ def make_plan(spec: JobSpec, o: TuneOptions, home: Path) -> Plan:
     make_pruner(pruner, spec.train.epochs)
     if sampler == "grid":
         trials = min(trials, grid_size(space))
-    setup(spec)  # the data loads and the model builds: else every trial would fail the same way
+    data, _ = setup(spec, home)  # the data loads and the model builds: else every trial would fail
+    check_models(spec, data)  # ... and so does the model at the edges of the space
     folder = home / "studies" / study
     ref = resolve(o.storage or t.storage, folder)
     opened = None

@@ -12,6 +12,8 @@ from skylift.spec import JobSpec, parse_spec
 if TYPE_CHECKING:
     import optuna
 
+    from skylift.tasks import TaskData
+
 # A grid over an int range larger than this is a mistake, not a search.
 MAX_GRID_POINTS = 10_000
 
@@ -57,6 +59,27 @@ def check_space(spec: JobSpec) -> None:
                 trial_spec(spec, {path: value}, source=f"tune.space {path}={value!r}")
             except SpecError as exc:
                 raise SpecError(f"{exc} (this value is inside tune.space.{path})") from None
+
+
+def check_models(spec: JobSpec, data: TaskData) -> None:
+    """SpecError unless the model builds at every edge value of each `model.` dimension: a layer
+    parameter's name and range, heads that divide the width, a shape that still fits. Otherwise
+    every trial drawing such a value would fail the same way, after the study had started."""
+    import torch
+
+    from skylift.tasks import TASKS
+
+    task = TASKS[spec.task]
+    for path, entry in spec.tune.space.items():
+        if not path.startswith("model."):
+            continue
+        for value in extremes(entry):
+            trial = trial_spec(spec, {path: value}, source=f"tune.space {path}={value!r}")
+            try:
+                with torch.random.fork_rng(devices=[]):  # building draws weights: keep the caller's seed
+                    task.build(trial.model, data.meta, data.input_shape, data.n_outputs)
+            except SpecError as exc:
+                raise SpecError(f"{exc} (with {value!r} from tune.space.{path})") from None
 
 
 def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -45,3 +45,21 @@ def test_pruning_hook_reports_and_prunes_a_worse_trial(tmp_path: Path) -> None:
     assert hooks[good.number]({"epoch": 1, "val_accuracy": 0.9}) is False
     assert hooks[bad.number]({"epoch": 1, "val_accuracy": 0.1}) is True
     assert study.get_trials()[bad.number].intermediate_values == {1: 0.1}
+
+
+def test_a_trial_is_never_pruned_after_its_last_epoch(tmp_path: Path) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = f"journal:{tmp_path / 'journal.log'}"
+    study = optuna.create_study(storage=open_storage(StorageRef(url)), study_name="s", direction="minimize")
+    for _ in range(3):  # the median pruner's start-up trials: val_mae 1.0 at both epochs
+        done = study.ask()
+        done.report(1.0, 1)
+        done.report(1.0, 2)
+        study.tell(done, 1.0)
+    early, late = study.ask(), study.ask()
+    hooks = {
+        t.number: pruning_hook(hook_arg(url, "s", t._trial_id, "val_mae", "median", 2)) for t in (early, late)
+    }
+    assert hooks[early.number]({"epoch": 1, "val_mae": 50.0}) is True  # far worse with an epoch to go
+    assert hooks[late.number]({"epoch": 2, "val_mae": 50.0}) is False  # as bad, but complete: kept
+    assert study.get_trials()[late.number].intermediate_values == {2: 50.0}

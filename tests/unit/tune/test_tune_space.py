@@ -63,3 +63,57 @@ def test_grid_takes_choices_and_ints_only() -> None:
     assert grid({"a": {"choice": [1, 2]}, "b": {"int": [1, 3]}}) == {"a": [1, 2], "b": [1, 2, 3]}
     with pytest.raises(SpecError, match="grid sampler needs choice"):
         grid({"a": {"uniform": [0.0, 1.0]}})
+
+
+REGRESSION = {
+    "name": "reg",
+    "task": "regression",
+    "data": {"train": "builtin:diabetes"},
+    "model": {
+        "layers": [
+            {"dense": {"units": 8, "activation": "relu"}},
+            {"dropout": {"rate": 0.1}},
+            {"dense": {"units": 1}},
+        ]
+    },
+    "train": {"schedule": {"warmup_steps": 5}},
+}
+
+
+def _regression(space: dict[str, Any]) -> JobSpec:
+    return parse_spec({**REGRESSION, "tune": {"metric": "val_mae", "space": space}})
+
+
+def test_a_layer_parameter_left_at_its_default_can_be_searched() -> None:
+    # dense.bias is not written in the spec; the layer type has it
+    spec = _regression({"model.layers.0.dense.bias": {"choice": [True, False]}})
+    assert trial_spec(spec, {"model.layers.0.dense.bias": False}).model.layers[0]["dense"]["bias"] is False  # type: ignore[index]
+    assert spec.tune.direction == "minimize"
+    for path in ("model.layers.3.dense.units", "model.layers.0.conv.filters", "model.layers.0.dense"):
+        with pytest.raises(SpecError, match=r"is not a field of this spec|is a section"):
+            _regression({path: {"choice": [1]}})
+
+
+def test_the_model_must_build_at_the_edges_of_the_space() -> None:
+    from skylift.tasks import TASKS
+    from skylift.tune._space import check_models
+
+    ok = _regression(
+        {
+            "model.layers.0.dense.units": {"choice": [4, 32]},
+            "model.layers.1.dropout.rate": {"uniform": [0.0, 0.5]},
+            "train.schedule.warmup_steps": {"int": [0, 50]},
+        }
+    )
+    data = TASKS["regression"].load(ok)
+    check_models(ok, data)
+    for space, message in (
+        (
+            {"model.layers.0.dense.unitz": {"int": [4, 8]}},
+            r"unitz.*tune\.space\.model\.layers\.0\.dense\.unitz",
+        ),
+        ({"model.layers.1.dropout.rate": {"uniform": [0.0, 1.0]}}, r"rate.*with 1\.0 from tune\.space"),
+    ):
+        with pytest.raises(SpecError, match=message) as err:
+            check_models(_regression(space), data)
+        assert "\n" not in str(err.value)
