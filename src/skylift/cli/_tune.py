@@ -85,11 +85,24 @@ class _Progress:
         self.bar.stop()
 
 
+def _short(paths: list[str]) -> list[str]:
+    """Each dotted path cut to its shortest ending that is still unique among `paths` (narrow
+    columns cut long names, and `model.layers.0.dense.units` would read like `model.layers.2...`)."""
+    parts = [p.split(".") for p in paths]
+    out = []
+    for i, p in enumerate(parts):
+        k = min(2, len(p))  # two names at least: `optimizer.lr`, not a bare `lr`
+        while k < len(p) and any(q[-k:] == p[-k:] for j, q in enumerate(parts) if j != i):
+            k += 1
+        out.append(".".join(p[-k:]))
+    return out
+
+
 def _table(result: Any) -> Any:
     from rich.table import Table
 
     names = sorted({p for r in result.trials for p in r.params})
-    table = Table("#", "state", result.metric, "seconds", *names, title=f"study {result.study}",
+    table = Table("#", "state", result.metric, "seconds", *_short(names), title=f"study {result.study}",
                   title_justify="left")  # fmt: skip
     for r in result.trials:
         value = f"{r.value:.4f}" if r.value is not None else "-"

@@ -117,3 +117,15 @@ def test_the_model_must_build_at_the_edges_of_the_space() -> None:
         with pytest.raises(SpecError, match=message) as err:
             check_models(_regression(space), data)
         assert "\n" not in str(err.value)
+
+
+def test_the_results_table_names_each_searched_path_by_its_shortest_unique_ending() -> None:
+    from skylift.cli._tune import _short
+
+    paths = [
+        "model.layers.0.dense.units",
+        "model.layers.2.dense.units",
+        "train.optimizer.lr",
+        "train.batch_size",
+    ]
+    assert _short(paths) == ["0.dense.units", "2.dense.units", "optimizer.lr", "train.batch_size"]
