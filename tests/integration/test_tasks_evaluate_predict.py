@@ -334,7 +334,7 @@ def test_a_language_model_evaluates_on_a_corpus_with_the_tasks_metrics(
     n_tokens = len(blocks) * BLOCK
     result = evaluate("tiny-lm:1", str(corpus), home=ready.home)
     assert result.task == "language_modeling" and (result.n, result.tokens) == (len(blocks), n_tokens)
-    assert result.loss == pytest.approx(nats / n_tokens, rel=1e-9)
+    assert result.loss == pytest.approx(nats / n_tokens, rel=1e-6)  # float32 per token, float64 sums
     assert result.metrics["perplexity"] == pytest.approx(np.exp(result.loss), rel=1e-9)
     assert result.metrics["bits_per_byte"] == pytest.approx(
         result.loss / np.log(2) / tokens.bytes_per_token, rel=1e-9

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from skylift import _atomic
 from skylift.data._rows import StreamRows, batches
 from skylift.errors import DataError
-from skylift.tasks._base import EVAL_BATCH_ROWS, Task, TaskData
+from skylift.tasks._base import Task, TaskData
 
 if TYPE_CHECKING:
     import torch
@@ -28,6 +28,7 @@ PROMPTS = 3  # continuations sampled at each epoch end
 PROMPT_TOKENS = 8  # each prompt: the first tokens of a validation block
 NEW_TOKENS = 24  # tokens sampled after each prompt
 TEMPERATURE = 0.8
+EVAL_LOGITS = 1 << 24  # logits held at once in evaluation (64 MiB of float32)
 
 
 class LanguageModeling(Task):
@@ -91,12 +92,15 @@ class LanguageModeling(Task):
         model.eval()
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         sums = torch.zeros(2, dtype=torch.float64, device=device)
+        # Rows per batch by logits size: (b, T, V) float32 logits plus their log-softmax, ~64 MiB each.
+        rows_per_batch = max(1, EVAL_LOGITS // (data.terms_per_row * data.n_outputs))
         with torch.no_grad():
-            for x_bT, y_bT in batches(rows, max(1, EVAL_BATCH_ROWS // 8)):
+            for x_bT, y_bT in batches(rows, rows_per_batch):
                 logits_bTV = model(x_bT)
-                sums[0] += F.cross_entropy(
-                    logits_bTV.reshape(-1, logits_bTV.shape[-1]).double(), y_bT.reshape(-1), reduction="sum"
+                nats_N = F.cross_entropy(
+                    logits_bTV.reshape(-1, logits_bTV.shape[-1]), y_bT.reshape(-1), reduction="none"
                 )
+                sums[0] += nats_N.double().sum()  # per-token float32, summed in float64
                 sums[1] += y_bT.numel()
         return sums
 
