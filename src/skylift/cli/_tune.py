@@ -85,12 +85,18 @@ class _Progress:
         self.bar.stop()
 
 
+_FULL_PATH = 20  # characters: a path this short is shown whole (e.g. train.optimizer.lr)
+
+
 def _short(paths: list[str]) -> list[str]:
     """Each dotted path cut to its shortest ending that is still unique among `paths` (narrow
     columns cut long names, and `model.layers.0.dense.units` would read like `model.layers.2...`)."""
     parts = [p.split(".") for p in paths]
     out = []
     for i, p in enumerate(parts):
+        if len(paths[i]) <= _FULL_PATH:
+            out.append(paths[i])
+            continue
         k = min(2, len(p))  # two names at least: `optimizer.lr`, not a bare `lr`
         while k < len(p) and any(q[-k:] == p[-k:] for j, q in enumerate(parts) if j != i):
             k += 1

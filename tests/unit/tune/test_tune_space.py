@@ -128,4 +128,4 @@ def test_the_results_table_names_each_searched_path_by_its_shortest_unique_endin
         "train.optimizer.lr",
         "train.batch_size",
     ]
-    assert _short(paths) == ["0.dense.units", "2.dense.units", "optimizer.lr", "train.batch_size"]
+    assert _short(paths) == ["0.dense.units", "2.dense.units", "train.optimizer.lr", "train.batch_size"]
