@@ -137,6 +137,10 @@ def _run_training(spec: Any, args: argparse.Namespace, run_id: str | None) -> An
     return result
 
 
+# The test metrics the end-of-run line shows, whichever the task has (all are in summary.json).
+_TEST_SHOWN = ("accuracy", "precision", "recall", "f1", "mae", "rmse", "r2", "perplexity", "bits_per_byte")
+
+
 def _report(console: Any, s: dict[str, Any], run_dir: Path) -> None:
     """The end-of-run lines: best epoch, test metrics, run folder, registered version."""
     console.print(
@@ -145,25 +149,8 @@ def _report(console: Any, s: dict[str, Any], run_dir: Path) -> None:
     )
     if "test" in s:
         t = s["test"]
-        shown = [
-            k
-            for k in (
-                "accuracy",
-                "precision",
-                "recall",
-                "f1",
-                "mae",
-                "rmse",
-                "r2",
-                "perplexity",
-                "bits_per_byte",
-            )
-            if k in t
-        ]
-        console.print(
-            f"test ({t['n']} samples): "
-            + " ".join(f"{k}={t[k]:.4f}" for k in ["loss", *shown][1:] or ["loss"])
-        )
+        shown = " ".join(f"{k}={t[k]:.4f}" for k in _TEST_SHOWN if k in t)
+        console.print(f"test ({t['n']} samples): {shown}")
     console.print(f"run folder: {run_dir}")
     if s.get("registered"):
         console.print(f"registered model: [bold]{s['registered']}[/]")
