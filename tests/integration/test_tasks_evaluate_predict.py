@@ -29,33 +29,8 @@ from skylift.tasks._text import encode
 from skylift.train import evaluate, fit
 from skylift.train.checkpoint import load
 from tests.conftest import finish
+from tests.integration.task_texts import PROSE, TEXTS
 
-PROSE = """There were four of us - George, and William Samuel Harris, and myself, and Montmorency.
-We were sitting in my room, smoking, and talking about how bad we were - bad from a medical point
-of view I mean, of course. We were all feeling seedy, and we were getting quite nervous about it.
-Harris said he felt such extraordinary fits of giddiness come over him at times, that he hardly
-knew what he was doing; and then George said that he had fits of giddiness too, and hardly knew
-what he was doing. With me, it was my liver that was out of order.
-"""
-
-TEXTS = {
-    "weather": [
-        "rain falls on the hills",
-        "the sun is warm today",
-        "snow and wind tonight",
-        "a cloudy grey morning",
-        "storms roll in from the sea",
-        "clear skies and a cold night",
-    ],
-    "food": [
-        "bread and butter for tea",
-        "a bowl of hot soup",
-        "fresh apples from the market",
-        "cheese on toast",
-        "rice with beans and fish",
-        "a cake with cream on top",
-    ],
-}
 BLOCK = 16
 _QUICK = {"optimizer": {"name": "adamw", "lr": 0.01}, "threads": 1, "batch_size": 8}
 

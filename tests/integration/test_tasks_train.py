@@ -22,17 +22,7 @@ from skylift.train import fit
 from skylift.train.checkpoint import load
 from skylift.train.launch import Placement, launch
 from tests.conftest import finish
-
-# A few paragraphs of public-domain prose (Jerome K. Jerome, Three Men in a Boat, 1889).
-PROSE = """There were four of us - George, and William Samuel Harris, and myself, and Montmorency.
-We were sitting in my room, smoking, and talking about how bad we were - bad from a medical point
-of view I mean, of course. We were all feeling seedy, and we were getting quite nervous about it.
-Harris said he felt such extraordinary fits of giddiness come over him at times, that he hardly
-knew what he was doing; and then George said that he had fits of giddiness too, and hardly knew
-what he was doing. With me, it was my liver that was out of order. I knew it was my liver that was
-out of order, because I had just been reading a patent liver-pill circular, in which were detailed
-the various symptoms by which a man could tell when his liver was out of order.
-"""
+from tests.integration.task_texts import PROSE, TEXTS
 
 LM = {
     "name": "tiny-lm",
@@ -181,26 +171,6 @@ def test_a_killed_language_model_run_resumes_to_identical_weights(home: Path, co
     a = load(home / "runs" / "full" / "checkpoints" / "last.pt")["model"]
     b = load(home / "runs" / "cut" / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-TEXTS = {
-    "weather": [
-        "rain falls on the hills",
-        "the sun is warm today",
-        "snow and wind tonight",
-        "a cloudy grey morning",
-        "storms roll in from the sea",
-        "clear skies and a cold night",
-    ],
-    "food": [
-        "bread and butter for tea",
-        "a bowl of hot soup",
-        "fresh apples from the market",
-        "cheese on toast",
-        "rice with beans and fish",
-        "a cake with cream on top",
-    ],
-}
 
 
 def test_a_text_classifier_trains_on_a_csv_and_its_tokenizer_travels(home: Path, tmp_path: Path) -> None:

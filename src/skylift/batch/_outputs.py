@@ -130,21 +130,25 @@ def _batch(
 def _arrow(
     f: IO[bytes], fmt: str, values: np.ndarray, classes: list[str], outputs: Outputs, parts: Parts
 ) -> None:
-    import pyarrow.csv as pa_csv
-    import pyarrow.parquet as pq
-
     schema = arrow_schema(values, classes, outputs)
-    if fmt == "csv":
-        plain = not any(c in name for name in schema.names for c in ',"\r\n')
-        options = pa_csv.WriteOptions(quoting_header="none" if plain else "needed")
-        writer: Any = pa_csv.CSVWriter(f, schema, write_options=options)
-    else:
-        writer = pq.ParquetWriter(f, schema)
+    writer = _arrow_writer(f, fmt, schema)
     try:
         for arrays in parts():
             writer.write_batch(_batch(schema, values, outputs, arrays))
     finally:
         writer.close()
+
+
+def _arrow_writer(f: IO[bytes], fmt: str, schema: pa.Schema) -> Any:
+    """A csv (header quoted only where a name needs it) or parquet writer of `schema` into `f`."""
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    if fmt == "csv":
+        plain = not any(c in name for name in schema.names for c in ',"\r\n')
+        options = pa_csv.WriteOptions(quoting_header="none" if plain else "needed")
+        return pa_csv.CSVWriter(f, schema, write_options=options)
+    return pq.ParquetWriter(f, schema)
 
 
 def _floats(x: np.ndarray) -> np.ndarray:
@@ -215,16 +219,8 @@ def _columns(f: IO[bytes], fmt: str, columns: tuple[tuple[str, str], ...], rows:
             if lines:
                 f.write(("\n".join(lines) + "\n").encode())
     else:
-        import pyarrow.csv as pa_csv
-        import pyarrow.parquet as pq
-
         schema = pa.schema([pa.field(n, pa.from_numpy_dtype(d)) for n, d in zip(names, dtypes, strict=True)])
-        if fmt == "csv":
-            plain = not any(c in name for name in names for c in ',"\r\n')
-            options = pa_csv.WriteOptions(quoting_header="none" if plain else "needed")
-            writer: Any = pa_csv.CSVWriter(f, schema, write_options=options)
-        else:
-            writer = pq.ParquetWriter(f, schema)
+        writer = _arrow_writer(f, fmt, schema)
         try:
             for arrays in parts():
                 writer.write_batch(pa.RecordBatch.from_arrays([pa.array(a) for a in arrays], schema=schema))
