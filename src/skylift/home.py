@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+"""A run's folder name under SKYLIFT_HOME/runs/: it can name no other path."""
 
 
 def skylift_home(explicit: str | Path | None = None) -> Path:

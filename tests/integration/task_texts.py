@@ -30,3 +30,27 @@ TEXTS = {
         "a cake with cream on top",
     ],
 }
+
+
+def text_classifier(csv: str, **train: object) -> dict[str, object]:
+    """A small bidirectional transformer classifier spec over `csv`'s `text` and `topic` columns."""
+    return {
+        "name": "topics",
+        "data": {
+            "train": csv,
+            "text_column": "text",
+            "label_column": "topic",
+            "validation_split": 0.25,
+            "tokenizer": {"train": "bpe", "vocab_size": 300},
+            "block_size": 12,
+        },
+        "model": {
+            "layers": [
+                {"token_embedding": {"dim": 16}},
+                {"decoder_block": {"heads": 2, "causal": False, "positions": "learned"}},
+                {"pool": {"mode": "mean"}},
+                {"dense": {"units": 2}},
+            ]
+        },
+        "train": train,
+    }

@@ -29,7 +29,7 @@ from skylift.tasks._text import encode
 from skylift.train import evaluate, fit
 from skylift.train.checkpoint import load
 from tests.conftest import finish
-from tests.integration.task_texts import PROSE, TEXTS
+from tests.integration.task_texts import PROSE, TEXTS, text_classifier
 
 BLOCK = 16
 _QUICK = {"optimizer": {"name": "adamw", "lr": 0.01}, "threads": 1, "batch_size": 8}
@@ -68,26 +68,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     )
     _fit(
         home,
-        {
-            "name": "topics",
-            "data": {
-                "train": str(files / "texts.csv"),
-                "text_column": "text",
-                "label_column": "topic",
-                "validation_split": 0.25,
-                "tokenizer": {"train": "bpe", "vocab_size": 300},
-                "block_size": 12,
-            },
-            "model": {
-                "layers": [
-                    {"token_embedding": {"dim": 16}},
-                    {"decoder_block": {"heads": 2, "causal": False, "positions": "learned"}},
-                    {"pool": {"mode": "mean"}},
-                    {"dense": {"units": 2}},
-                ]
-            },
-            "train": {**_QUICK, "epochs": 6},
-        },
+        text_classifier(str(files / "texts.csv"), **{**_QUICK, "epochs": 6}),
         "text",
     )
     _fit(

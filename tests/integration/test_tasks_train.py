@@ -22,7 +22,7 @@ from skylift.train import fit
 from skylift.train.checkpoint import load
 from skylift.train.launch import Placement, launch
 from tests.conftest import finish
-from tests.integration.task_texts import PROSE, TEXTS
+from tests.integration.task_texts import PROSE, TEXTS, text_classifier
 
 LM = {
     "name": "tiny-lm",
@@ -177,34 +177,10 @@ def test_a_text_classifier_trains_on_a_csv_and_its_tokenizer_travels(home: Path,
     rows = [(t, label) for label, texts in TEXTS.items() for t in texts] * 4
     csv = tmp_path / "texts.csv"
     csv.write_text("text,topic\n" + "".join(f"{t},{label}\n" for t, label in rows))
-    spec = parse_spec(
-        {
-            "name": "topics",
-            "data": {
-                "train": str(csv),
-                "text_column": "text",
-                "label_column": "topic",
-                "validation_split": 0.25,
-                "tokenizer": {"train": "bpe", "vocab_size": 300},
-                "block_size": 12,
-            },
-            "model": {
-                "layers": [
-                    {"token_embedding": {"dim": 16}},
-                    {"decoder_block": {"heads": 2, "causal": False, "positions": "learned"}},
-                    {"pool": {"mode": "mean"}},
-                    {"dense": {"units": 2}},
-                ]
-            },
-            "train": {
-                "epochs": 15,
-                "batch_size": 8,
-                "optimizer": {"name": "adamw", "lr": 0.01},
-                "threads": 1,
-            },
-            "distributed": {"workers": 1},
-        }
+    raw = text_classifier(
+        str(csv), epochs=15, batch_size=8, optimizer={"name": "adamw", "lr": 0.01}, threads=1
     )
+    spec = parse_spec({**raw, "distributed": {"workers": 1}})
     result = fit(spec, home=home, run_id="text")
     assert result.summary["best"]["val_accuracy"] >= 0.9
     loaded = Registry(home).load(result.summary["registered"])

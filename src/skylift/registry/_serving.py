@@ -7,15 +7,14 @@ deleted later, a registered version never changes.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from skylift.errors import SpecError
+from skylift.home import RUN_ID
 
 SPEC_FILE = "spec.yaml"  # the resolved spec in each run folder, runs/<run-id>/spec.yaml
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # a checkpoint's run id names no other path
 
 
 def serve_section(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -34,7 +33,7 @@ def serve_section(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 def run_serve_section(home: Path, run_id: Any) -> dict[str, Any] | None:
     """The `serve:` section of the run `home/runs/<run_id>/` (see `spec_serve_section`)."""
-    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+    if not isinstance(run_id, str) or not RUN_ID.match(run_id):
         return None
     return spec_serve_section(home / "runs" / run_id / SPEC_FILE)
 

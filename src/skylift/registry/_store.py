@@ -113,6 +113,8 @@ class Verification:
     authenticated: bool
     """The manifest's MAC and the weights' GCM tag were checked too (an encrypted version, with its
     key). An encrypted version checked without its key passes on hashes alone: `authenticated` False."""
+    info: dict[str, Any] = field(default_factory=dict, compare=False)
+    """model.json as checked (empty when it could not be read)."""
 
     @property
     def ok(self) -> bool:
@@ -408,7 +410,7 @@ class Registry:
         if not problems and found.authenticated and self._key is not None:
             problems = _artifact.check_decrypts(folder, name, version, self._key)
         encrypted = bool(found.info.get("encrypted"))
-        return Verification(f"{name}:{version}", tuple(problems), encrypted, found.authenticated)
+        return Verification(f"{name}:{version}", tuple(problems), encrypted, found.authenticated, found.info)
 
     def verify(self, ref: str | ModelRef) -> builtins.list[str]:
         """`check(ref).problems` as a list: empty when all is well."""

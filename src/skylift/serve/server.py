@@ -150,12 +150,12 @@ def _initial_state(config: ServeConfig) -> dict[str, dict[str, object]]:
     models: dict[str, dict[str, object]] = {}
     for ref in config.models:
         name, version = registry.resolve(ref)
-        problems = registry.verify(f"{name}:{version}")
-        if problems:
-            raise IntegrityError(f"{name}:{version}: {problems[0]}")
+        checked = registry.check(f"{name}:{version}")  # every file hashed once, here
+        if checked.problems:
+            raise IntegrityError(f"{name}:{version}: {checked.problems[0]}")
         if name in models:
             raise SkyliftError(f"model {name} is given twice; serve one version per model name")
-        _check_servable(registry.info(f"{name}:{version}"), f"{name}:{version}")
+        _check_servable(checked.info, f"{name}:{version}")
         models[name] = {"ref": ref, "version": version}
     return models
 

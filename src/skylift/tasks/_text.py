@@ -119,7 +119,7 @@ def load_text_classification(spec: JobSpec) -> TaskData:
 def load_text_regression(spec: JobSpec) -> TaskData:
     import torch
 
-    from skylift.tasks.regression import _scale, random_split
+    from skylift.tasks.regression import random_split, standardization
 
     d, seed = spec.data, spec.train.seed
     names = d.target_columns or ["target"]
@@ -141,7 +141,7 @@ def load_text_regression(spec: JobSpec) -> TaskData:
         return TensorRows(torch.from_numpy(ids), torch.from_numpy(np.ascontiguousarray(t.targets)))
 
     assert train.targets is not None
-    y_mean, y_std = _scale(train.targets)
+    y_mean, y_std = standardization(train.targets)
     return TaskData(
         train=rows(train),
         val=rows(val),

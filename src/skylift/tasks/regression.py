@@ -50,16 +50,15 @@ def make_rescaled(model: torch.nn.Module, scale: dict[str, list[float]]) -> torc
             self.scales_x = "x_mean" in scale
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            b = dict(self.named_buffers(recurse=False))
             if x.is_floating_point() and self.scales_x:  # per feature, whatever input_shape folds them to
-                x = ((x.flatten(1) - b["x_mean"]) / b["x_std"]).reshape(x.shape)
+                x = ((x.flatten(1) - self.get_buffer("x_mean")) / self.get_buffer("x_std")).reshape(x.shape)
             out: torch.Tensor = self.model(x)
-            return out * b["y_std"] + b["y_mean"]
+            return out * self.get_buffer("y_std") + self.get_buffer("y_mean")
 
     return Rescaled()
 
 
-def _scale(a: np.ndarray) -> tuple[list[float], list[float]]:
+def standardization(a: np.ndarray) -> tuple[list[float], list[float]]:
     mean = a.mean(axis=0, dtype=np.float64)
     std = np.maximum(a.std(axis=0, dtype=np.float64), _MIN_STD)
     return mean.tolist(), std.tolist()
@@ -97,8 +96,8 @@ class Regression(Task):
         def rows(t: Any) -> TensorRows:
             return TensorRows(torch.from_numpy(t.x).reshape(len(t), *shape), torch.from_numpy(t.y))
 
-        x_mean, x_std = _scale(train.x)
-        y_mean, y_std = _scale(train.y)
+        x_mean, x_std = standardization(train.x)
+        y_mean, y_std = standardization(train.y)
         return TaskData(
             train=rows(train),
             val=rows(val),

@@ -65,6 +65,23 @@ def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def _resumable(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    history: list[dict[str, Any]],
+    best: float | None,
+    best_epoch: int | None,
+) -> dict[str, Any]:
+    """What every last.pt holds, at an epoch's end or inside one: weights, optimizer, history, best."""
+    return {
+        "model": net.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "history": history,
+        "best": best,
+        "best_epoch": best_epoch,
+    }
+
+
 def _seed_dropout(seed: int, dist: DistInfo) -> None:
     """Seed the generator dropout draws from on this rank's device. Not torch.manual_seed: that
     seeds every backend's generators and cost ~160 µs here, more than an MLP step's optimizer."""
@@ -286,20 +303,10 @@ def fit(
                 where["step_losses"] = step_loss_S[:step].tolist()
                 where["rank_buffers"] = _rank_buffers(net, dist)  # batch-norm statistics differ by rank
                 if dist.is_main:
-                    checkpoint.save(
-                        run.last,
-                        {
-                            "model": net.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle_state},
-                            "history": history,
-                            "best": best,
-                            "best_epoch": best_epoch,
-                            "stopped_early": False,
-                            "position": where,
-                            "meta": {**meta, "epoch": epoch - 1},
-                        },
-                    )
+                    state = _resumable(net, optimizer, history, best, best_epoch)
+                    state["rng"] = {"torch": torch.get_rng_state(), "shuffle": shuffle_state}
+                    state |= {"stopped_early": False, "position": where, "meta": {**meta, "epoch": epoch - 1}}
+                    checkpoint.save(run.last, state)
         seconds = time.perf_counter() - tick
         parallel.average_buffers(net, dist)
         sums = task.eval_sums(net, val_rows, data)
@@ -330,19 +337,10 @@ def fit(
             stop_1 = torch.tensor([float(dist.is_main and on_epoch(row))], device=dist.device)
             stopped = parallel.all_reduce_sum(stop_1, dist).item() > 0
         if dist.is_main:
-            checkpoint.save(
-                run.last,
-                {
-                    "model": net.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "rng": {"torch": torch.get_rng_state(), "shuffle": gen.get_state(), **_cuda_rng(dist)},
-                    "history": history,
-                    "best": best,
-                    "best_epoch": best_epoch,
-                    "stopped_early": stopped,  # kept, so a restart after the stop does not train on
-                    "meta": {**meta, "epoch": epoch},
-                },
-            )
+            state = _resumable(net, optimizer, history, best, best_epoch)
+            state["rng"] = {"torch": torch.get_rng_state(), "shuffle": gen.get_state(), **_cuda_rng(dist)}
+            state["stopped_early"] = stopped  # kept, so a restart after the stop does not train on
+            checkpoint.save(run.last, {**state, "meta": {**meta, "epoch": epoch}})
             run.write_metrics(history)
         if observer:
             observer.epoch(row)

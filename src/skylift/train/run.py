@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -12,8 +11,7 @@ from typing import Any
 
 from skylift import _atomic
 from skylift.errors import SpecError
-
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+from skylift.home import RUN_ID
 
 
 def new_run_id(name: str) -> str:
@@ -22,7 +20,7 @@ def new_run_id(name: str) -> str:
 
 
 def check_run_id(run_id: str) -> str:
-    if not _RUN_ID.match(run_id) or ".." in run_id:
+    if not RUN_ID.match(run_id) or ".." in run_id:
         raise SpecError(f"run id {run_id!r} is not allowed: use letters, digits, '.', '_', '-' (max 128)")
     return run_id
 

@@ -12,7 +12,7 @@ from skylift.data._regression import read_targets
 from skylift.data._rows import TensorRows
 from skylift.errors import DataError, SpecError
 from skylift.spec import parse_spec
-from skylift.tasks import TASKS
+from skylift.tasks import TASKS, Task, TaskData
 
 SPEC = {
     "name": "reg",
@@ -64,12 +64,17 @@ def test_a_classification_monitor_or_loss_on_a_regression_task_is_refused() -> N
     assert spec.tune.metric == "val_loss" and spec.tune.direction == "minimize"
 
 
-def test_metrics_are_sums_that_add_up_over_any_split_of_the_rows() -> None:
+def _built() -> tuple[Task, TaskData, torch.nn.Module]:
+    """The regression task, its data for SPEC, and a seeded untrained model."""
     spec = parse_spec(SPEC)
     task = TASKS["regression"]
     data = task.load(spec)
     torch.manual_seed(0)
-    model = task.build(spec.model, data.meta, data.input_shape, data.n_outputs)
+    return task, data, task.build(spec.model, data.meta, data.input_shape, data.n_outputs)
+
+
+def test_metrics_are_sums_that_add_up_over_any_split_of_the_rows() -> None:
+    task, data, model = _built()
     whole = task.eval_sums(model, data.val, data)
     parts = task.eval_sums(model, data.val.part(slice(0, 31)), data) + task.eval_sums(
         model, data.val.part(slice(31, None)), data
@@ -92,11 +97,7 @@ def test_metrics_are_sums_that_add_up_over_any_split_of_the_rows() -> None:
 
 
 def test_the_model_answers_in_the_targets_units_from_the_start() -> None:
-    spec = parse_spec(SPEC)
-    task = TASKS["regression"]
-    data = task.load(spec)
-    torch.manual_seed(0)
-    model = task.build(spec.model, data.meta, data.input_shape, data.n_outputs)
+    _task, data, model = _built()
     assert isinstance(data.train, TensorRows)
     with torch.no_grad():
         pred = model(data.train.x_NS)
