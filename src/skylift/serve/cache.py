@@ -27,6 +27,7 @@ from skylift.errors import SpecError
 if TYPE_CHECKING:
     import redis.asyncio
 
+_MAX_CONNECTIONS = 64  # per replica: a local Redis answers in well under 1 ms each
 REDIS_PREFIX = b"skylift:cache:"
 """Every Redis key the cache writes starts with this: skylift:cache:<model>:<version>:<sha256 hex>."""
 
@@ -236,12 +237,18 @@ class RedisCache(ResponseCache):
             ) from None
         # 50 ms: a local Redis answers in well under 1 ms; longer means it is gone or hung. No
         # client-side retries: the back-off below is the retry policy.
-        self._client: redis.asyncio.Redis = redis.asyncio.from_url(
+        # A blocking pool: past its connections a call waits (up to timeout_s) for a free one. The
+        # default pool (redis-py 8: 100 connections) fails the call instead, and a burst of
+        # concurrent requests then marked a healthy Redis unreachable.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
             url,
+            max_connections=_MAX_CONNECTIONS,
+            timeout=timeout_s,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),
         )
+        self._client: redis.asyncio.Redis = redis.asyncio.Redis.from_pool(pool)
         self._put, self._get, self._drop = (self._client.register_script(s) for s in (_PUT, _GET, _DROP))
         self._ttl_ms = max(1, int(ttl_s * 1000))
         self._retry_s = retry_s
