@@ -14,7 +14,7 @@ from skylift.data._io import first_line
 from skylift.data._utf8 import READ_BYTES, decoded_pieces
 from skylift.errors import DataError
 
-PIECE_BYTES = 64 << 10  # 64 KiB: the most text of one document handed out (and tokenized) at once
+PIECE_BYTES = 16 << 10  # 16 KiB: the most text of one document handed out (and tokenized) at once
 _GLOB_CHARS = frozenset("*?[")
 
 

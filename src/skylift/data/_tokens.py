@@ -24,10 +24,11 @@ from skylift.data._io import first_line
 from skylift.data._tokenizer import TextTokenizer
 from skylift.errors import DataError, SpecError
 
-FORMAT = 1  # bump when the file layout or the way text is cut into pieces changes: old caches are remade
-# 1 MiB of text per encode call: 16 pieces or more, to keep 16 threads busy, and few enough tokens
-# that the Rust encodings (~100 B per token while alive) stay within tens of MB.
-_BATCH_BYTES = 1 << 20
+FORMAT = 2  # bump when the file layout or the way text is cut into pieces changes: old caches are remade
+# 256 KiB of text per encode call: 16 pieces or more, to keep 16 threads busy, and few enough tokens
+# that the Rust encodings (~100 B per token while alive) stay near 25 MB even at one token per byte
+# (1 MiB per call held ~100 MB, and the allocator's peak grew with the corpus: +21 MB for 10x text).
+_BATCH_BYTES = 1 << 18
 _SPLIT_SEGMENTS = 100  # contiguous stretches a split chooses its validation blocks among
 
 
@@ -73,7 +74,7 @@ def tokenize_corpus(corpus: Corpus, tokenizer: TextTokenizer, cache_dir: Path) -
     Writes `<key>.tokens` and its sidecar `<key>.json` (dtype, count, fingerprints, text bytes),
     each atomically, the sidecar last; a sidecar that is missing, unreadable or disagrees with the
     file's size means the file is tokenized again. Streams: memory stays bounded whatever the
-    corpus size (about one 1 MiB batch of text and its ids).
+    corpus size (about one 256 KiB batch of text and its ids).
     """
     if tokenizer.eos_id is None:
         raise SpecError(

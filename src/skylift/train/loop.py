@@ -50,13 +50,36 @@ class TrainResult:
     history: list[dict[str, Any]]
 
 
-def _batch_bounds(n: int, batch: int, world: int = 1) -> list[tuple[int, int]]:
-    """[start, stop) of each global batch; a final batch too small to give every worker 2 rows
-    (batch norm needs 2) joins the one before."""
-    bounds = [(i, min(i + batch, n)) for i in range(0, n, batch)]
-    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < 2 * world:
-        bounds[-2:] = [(bounds[-2][0], n)]
-    return bounds
+@dataclass(frozen=True)
+class _Steps:
+    """An epoch's optimizer steps: step g is `accumulate` global batches [start, stop) of shuffled rows.
+
+    Computed on demand: held as lists, the 100k+ steps of an epoch over a large token file took
+    ~200 bytes each. A final batch too small to give every worker 2 rows (batch norm needs 2)
+    joins the one before.
+    """
+
+    rows: int
+    batch: int
+    world: int
+    accumulate: int
+
+    @property
+    def batches(self) -> int:
+        count = -(-self.rows // self.batch)
+        if count > 1 and self.rows - (count - 1) * self.batch < 2 * self.world:
+            count -= 1
+        return count
+
+    def __len__(self) -> int:
+        return -(-self.batches // self.accumulate)
+
+    def __getitem__(self, step: int) -> list[tuple[int, int]]:
+        last, first = self.batches - 1, step * self.accumulate
+        return [
+            (b * self.batch, self.rows if b == last else (b + 1) * self.batch)
+            for b in range(first, min(first + self.accumulate, last + 1))
+        ]
 
 
 def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
@@ -248,10 +271,9 @@ def fit(
     }
 
     n = len(train_rows)
-    bounds = _batch_bounds(n, t.batch_size, dist.world_size)
-    groups = [bounds[i : i + t.accumulate] for i in range(0, len(bounds), t.accumulate)]
-    total_steps = len(groups) * t.epochs
-    step_loss_S = torch.empty(len(bounds), dtype=torch.float64, device=dist.device)
+    steps = _Steps(n, t.batch_size, dist.world_size, t.accumulate)
+    total_steps = len(steps) * t.epochs
+    step_loss_S = torch.empty(steps.batches, dtype=torch.float64, device=dist.device)
     first_epoch = position["epoch"] if position else len(history) + 1
     scheduled = t.schedule.warmup_steps > 0 or t.schedule.decay != "none"
     if observer:
@@ -268,14 +290,13 @@ def fit(
             _set_rank_buffers(net, position.get("rank_buffers"), dist)
         shuffle_state = gen.get_state()
         perm_N = torch.randperm(n, generator=gen).to(dist.device)
-        for g, group in enumerate(groups):
-            if g < first_group:
-                continue
+        for g in range(first_group, len(steps)):
+            group = steps[g]
             # Dropout's draws are a function of (seed, epoch, step, rank): one saved RNG state could
             # not resume every rank exactly (ranks draw different amounts when slices differ by a row).
             _seed_dropout(_step_seed(t.seed, epoch, g, dist.rank), dist)
             if scheduled:
-                lr = t.optimizer.lr * lr_factor((epoch - 1) * len(groups) + g, total_steps, t.schedule)
+                lr = t.optimizer.lr * lr_factor((epoch - 1) * len(steps) + g, total_steps, t.schedule)
                 for param_group in optimizer.param_groups:
                     param_group["lr"] = lr
             # The group's mean: each batch's loss sum over the group's loss terms (DDP then averages
@@ -298,7 +319,7 @@ def fit(
                 torch.nn.utils.clip_grad_norm_(net.parameters(), t.clip_grad_norm)
             optimizer.step()
             every = t.checkpoint.every_steps
-            if every and (g + 1) % every == 0 and g + 1 < len(groups):
+            if every and (g + 1) % every == 0 and g + 1 < len(steps):
                 where = {"epoch": epoch, "group": g + 1, "shuffle": shuffle_state}
                 where["step_losses"] = step_loss_S[:step].tolist()
                 where["rank_buffers"] = _rank_buffers(net, dist)  # batch-norm statistics differ by rank
