@@ -103,8 +103,9 @@ class ModelSpec(_Frozen):
     """`package.module:function` returning an nn.Module, called with `kwargs`."""
     kwargs: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments for `factory`."""
-    init: Literal["glorot_uniform", "torch"] = "glorot_uniform"
-    """Weight init of dense/conv layers: Keras' Glorot-uniform with zero bias, or torch's default."""
+    init: Literal["glorot_uniform", "torch", "gpt2"] = "glorot_uniform"
+    """Weight init of dense/conv layers: Keras' Glorot-uniform with zero bias, torch's default, or
+    GPT-2's (normal 0.02, residual projections scaled by 1 / sqrt(2 x blocks)) for transformers."""
 
     @field_validator("input_shape")
     @classmethod

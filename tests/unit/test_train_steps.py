@@ -15,7 +15,8 @@ def _listed(n: int, batch: int, world: int, accumulate: int) -> list[list[tuple[
 
 
 def test_steps_cover_every_row_once_and_merge_a_tail_too_small_for_every_worker() -> None:
-    for n, batch, world, accumulate in itertools.product((1, 2, 7, 64, 65, 100, 257), (1, 3, 8, 64), (1, 2), (1, 3)):
+    sizes = itertools.product((1, 2, 7, 64, 65, 100, 257), (1, 3, 8, 64), (1, 2), (1, 3))
+    for n, batch, world, accumulate in sizes:
         steps = _Steps(n, batch, world, accumulate)
         assert [steps[g] for g in range(len(steps))] == _listed(n, batch, world, accumulate)
     assert _Steps(65, 8, 2, 1)[7] == [(56, 65)]  # 1 row left: it joins the last batch

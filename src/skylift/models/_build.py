@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import operator
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -17,7 +18,8 @@ from skylift.models._factory import build_factory
 from skylift.models._layers import LAYERS, Context, LayerProblem, fmt
 from skylift.models._probe import check_output_shape, first_line, run_dummy
 from skylift.models._stack import LayerStack
-from skylift.models._tokens import TokenEmbedding
+from skylift.models._tokens import INIT_STD, TokenEmbedding
+from skylift.models._transformer import transformer_blocks
 from skylift.spec import ModelSpec
 
 
@@ -56,6 +58,8 @@ def build_model(
     model = build_layers(spec.layers, shape, n_outputs, vocab_size=vocab_size, per_token=per_token)
     if spec.init == "glorot_uniform":
         glorot_init(model)
+    elif spec.init == "gpt2":
+        gpt2_init(model)
     return model
 
 
@@ -150,6 +154,22 @@ def _describe(where: str, params_model: type[BaseModel], err: dict[str, Any]) ->
     given = repr(err.get("input"))
     given = given if len(given) <= 60 else given[:57] + "..."
     return f"{field}: {msg[0].lower() + msg[1:]}, got {given}"
+
+
+def gpt2_init(model: nn.Module) -> None:
+    """GPT-2's init: normal(0, 0.02) weights and zero bias on every Linear and Conv, and the
+    projections that write into the residual stream (attention's `proj`, the MLP's `down`) scaled
+    by 1 / sqrt(2 x blocks), so the stream's variance does not grow with depth (Radford et al. 2019)."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d):
+            nn.init.normal_(module.weight, std=INIT_STD)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    blocks = transformer_blocks(model)
+    for block in blocks:
+        for name, param in block.named_parameters():
+            if name in ("attn.proj.weight", "mlp.down.weight"):
+                nn.init.normal_(param, std=INIT_STD / math.sqrt(2 * len(blocks)))
 
 
 def glorot_init(model: nn.Module) -> None:

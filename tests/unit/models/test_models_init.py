@@ -67,3 +67,22 @@ def test_same_seed_same_model() -> None:
     torch.manual_seed(7)
     b = build_model(ModelSpec(layers=LAYERS), INPUT, 10).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gpt2_init_scales_the_residual_projections_by_depth() -> None:
+    layers = [
+        {"token_embedding": {"dim": 64}},
+        {"decoder_block": {"heads": 4, "mlp": "gelu", "repeat": 8}},
+        {"norm": {}},
+        {"lm_head": {}},
+    ]
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(layers=layers, init="gpt2"), (16,), 512, vocab_size=512)
+    stds = {name: p.std().item() for name, p in model.named_parameters() if p.dim() == 2}
+    residual = [s for name, s in stds.items() if name.endswith(("attn.proj.weight", "mlp.down.weight"))]
+    others = [s for name, s in stds.items() if name.endswith(("attn.qkv.weight", "mlp.up.weight"))]
+    assert len(residual) == len(others) == 16
+    for s in residual:  # 0.02 / sqrt(2 x 8 blocks) = 0.005
+        assert abs(s - 0.005) < 0.0005
+    for s in others:
+        assert abs(s - 0.02) < 0.001
