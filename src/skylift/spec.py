@@ -245,6 +245,12 @@ class TrainSpec(_Frozen):
     """Torch intra-op threads per worker; default: cores / workers."""
     register_best: bool = True
     """Register the best checkpoint as the next version of `name` in the model registry."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Compute precision: fp32, or bf16/fp16 autocast (fp16 with a gradient scaler); weights stay fp32."""
+    force_precision: bool = False
+    """Train in bf16/fp16 on a CPU without fast kernels for it (refused otherwise: ~33x slower here)."""
+    activation_checkpointing: bool = False
+    """Recompute each transformer block's activations in backward instead of keeping them (less memory)."""
 
 
 class DistributedSpec(_Frozen):
@@ -260,6 +266,11 @@ class DistributedSpec(_Frozen):
     """Collective backend: auto = NCCL when CUDA is present, else gloo."""
     sync_batchnorm: bool = False
     """Batch norm statistics over the global batch (SyncBatchNorm; CUDA only). Default: per rank."""
+    strategy: Literal["ddp", "fsdp", "auto"] = "ddp"
+    """ddp: a full copy per worker; fsdp: FSDP2, parameters, gradients and optimizer state sharded
+    per transformer block, sharded checkpoints; auto: fsdp when DDP would not fit memory_budget_gb."""
+    memory_budget_gb: float | None = Field(default=None, gt=0.0)
+    """Memory one worker may use, for strategy auto; default: machine (or GPU) memory / workers."""
 
     @field_validator("workers", mode="before")
     @classmethod

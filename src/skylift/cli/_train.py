@@ -112,8 +112,9 @@ def _run_training(spec: Any, args: argparse.Namespace, run_id: str | None) -> An
         run=run if run is not None and run.spec.is_file() else None,
         home=args.home,
     )
-    if placement.reason:
-        console.print(placement.reason)
+    for line in (placement.reason, placement.strategy_reason):
+        if line:
+            console.print(line)
     if placement.workers * placement.nnodes > 1:
         console.print(f"training with {placement.workers} worker(s) x {placement.nnodes} node(s)")
     display = TrainDisplay(console) if placement.workers == 1 and placement.nnodes == 1 else None

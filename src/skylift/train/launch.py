@@ -42,6 +42,9 @@ class Placement:
     rdzv_endpoint: str | None = None
     max_restarts: int = 3
     reason: str = ""
+    strategy: str | None = None
+    """ddp or fsdp as decided for this run; None: the spec's own (auto then decided by `fit`)."""
+    strategy_reason: str = ""
 
 
 def _cores() -> int:
@@ -102,13 +105,24 @@ def choose_workers(flops: float, batch: int, cores: int, gpus: int) -> tuple[int
     )
 
 
-def recorded_workers(run: RunDir) -> int | None:
-    """The worker count a run was started with (placement.json), or None for a new run."""
+def _recorded(run: RunDir, field: str) -> Any:
+    """A field of the run's placement.json (how its first session was placed), or None."""
     try:
-        workers = json.loads(run.placement.read_text())["workers"]
+        return json.loads(run.placement.read_text())[field]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def recorded_workers(run: RunDir) -> int | None:
+    """The worker count a run was started with (placement.json), or None for a new run."""
+    workers = _recorded(run, "workers")
     return workers if isinstance(workers, int) and workers >= 1 else None
+
+
+def recorded_strategy(run: RunDir) -> str | None:
+    """ddp or fsdp as `strategy: auto` decided it when the run started, or None."""
+    strategy = _recorded(run, "strategy")
+    return strategy if strategy in ("ddp", "fsdp") else None
 
 
 def place(
@@ -125,10 +139,15 @@ def place(
     An existing `run` keeps the worker count it was started with unless `workers` is given (the
     reason then says the count changed: batches split differently, so results differ from an
     uninterrupted run). `workers: auto` counts a step's FLOPs instead of timing it.
+    `strategy: auto` is decided once, from the memory a DDP worker would need, and an existing
+    run keeps the strategy it started with (its checkpoints are in that strategy's format).
     """
     import torch
 
+    from skylift.train import precision
+    from skylift.train.fsdp import decide
     from skylift.train.loop import setup
+    from skylift.train.saves import check_model
 
     d = spec.distributed
     nnodes = nnodes or d.nnodes
@@ -137,6 +156,9 @@ def place(
         raise SpecError("multi-node training needs --rdzv-endpoint HOST:PORT (the same on every node)")
     if not 0 <= node_rank < nnodes:
         raise SpecError(f"--node-rank must be in [0, {nnodes - 1}], got {node_rank}")
+    device = "cuda" if torch.cuda.is_available() and d.backend != "gloo" else "cpu"
+    t = spec.train
+    precision.check_precision(t.precision, t.force_precision, device, precision.cpu_flags())
     data, net = setup(spec, home)  # validates data and model before any process starts
     gpus = torch.cuda.device_count() if torch.cuda.is_available() and d.backend != "gloo" else 0
     before = recorded_workers(run) if run is not None else None
@@ -149,12 +171,18 @@ def place(
             f"workers: {workers}, but run {run.run_id} was started with {before}: "
             "batches now split differently, so the result will differ from an uninterrupted run"
         )
+    x, _ = data.train.take(torch.arange(min(2, len(data.train))))
     if chosen == "auto":
-        x, _ = data.train.take(torch.arange(min(2, len(data.train))))
         flops = step_flops(net, x, spec.train.batch_size)
         chosen, reason = choose_workers(flops, spec.train.batch_size, _cores(), gpus)
     assert isinstance(chosen, int)
     world = chosen * nnodes
+    strategy = recorded_strategy(run) if run is not None and d.strategy == "auto" else None
+    why = f"strategy auto: {strategy}, as run {run.run_id} was started" if run and strategy else ""
+    if strategy is None:
+        strategy, why = decide(spec, net, x, world, device)
+    if run is not None:
+        check_model(run, net, strategy == "fsdp")  # a resume refused before anything is written
     if d.backend == "nccl" and not torch.cuda.is_available():
         raise SpecError("distributed.backend nccl needs GPUs and this machine has none: use gloo or auto")
     if world > 1 and d.backend != "gloo" and 0 < gpus < chosen:
@@ -172,14 +200,17 @@ def place(
             f"train.batch_size {spec.train.batch_size} gives fewer than 2 rows per worker "
             f"({world} workers; batch norm needs 2): use batch_size >= {2 * world}"
         )
-    return Placement(chosen, nnodes, node_rank, rdzv, d.max_restarts, reason)
+    return Placement(chosen, nnodes, node_rank, rdzv, d.max_restarts, reason, strategy, why)
 
 
 def record_placement(run: RunDir, p: Placement) -> None:
     """Write runs/<id>/placement.json as each session starts: how many workers train it, and why
     (a resume without --workers reuses the count of the session before)."""
     run.path.mkdir(parents=True, exist_ok=True)
-    _atomic.write_json(run.placement, {"workers": p.workers, "nnodes": p.nnodes, "reason": p.reason})
+    record = {"workers": p.workers, "nnodes": p.nnodes, "reason": p.reason}
+    if p.strategy is not None:
+        record |= {"strategy": p.strategy, "strategy_reason": p.strategy_reason}
+    _atomic.write_json(run.placement, record)
 
 
 def launch(
@@ -211,7 +242,15 @@ def launch(
         check_reopen(spec, RunDir.under(home, run_id))
         record_placement(RunDir.under(home, run_id), placement)
         on_epoch = load_epoch_hook(*epoch_hook) if epoch_hook else None
-        return fit(spec, home=home, run_id=run_id, observer=observer, master_key=key, on_epoch=on_epoch)
+        return fit(
+            spec,
+            home=home,
+            run_id=run_id,
+            observer=observer,
+            master_key=key,
+            on_epoch=on_epoch,
+            strategy=placement.strategy,
+        )
     if run_id is None:
         # Every node must agree on the run id without talking first: derive it from what they share.
         shared = f"{placement.rdzv_endpoint}|{spec_hash(spec)}" if placement.nnodes > 1 else None
@@ -285,6 +324,7 @@ def _agent(
     args += ["--progress"] if progress else []
     args += ["--key-file", str(Path(key_file).resolve())] if key_file else []
     args += ["--epoch-hook", *epoch_hook] if epoch_hook else []
+    args += ["--strategy", p.strategy] if p.strategy else []
     try:
         # The agent's shared store outlives a restart, and gloo would read the dead workers'
         # addresses left in it; with sharing off, every attempt's rank 0 hosts a fresh store.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from skylift.errors import SpecError
 from skylift.home import skylift_home
 from skylift.spec import JobSpec, spec_hash
 from skylift.tasks import TASKS, TaskData
-from skylift.train import checkpoint, parallel, plots
+from skylift.train import checkpoint, fsdp, memory, parallel, plots, precision, saves
 from skylift.train.optim import lr_factor, make_optimizer
 from skylift.train.run import RunDir, new_run_id
 
@@ -88,21 +89,34 @@ def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def _resumable(
-    net: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    history: list[dict[str, Any]],
-    best: float | None,
-    best_epoch: int | None,
+def _reshard(net: torch.nn.Module, sharded: bool) -> None:
+    """Free the whole parameters FSDP keeps gathered after a forward without backward (evaluation):
+    it reshards the root only after a backward, and until then each rank would hold all of it."""
+    if sharded:
+        net.reshard()  # type: ignore[operator]
+
+
+def _val_parts(val: Any, dist: DistInfo, shards: bool) -> list[tuple[Any, float]]:
+    """(rows, weight) this rank scores in validation; the weighted sums add up over ranks exactly.
+
+    DDP: each rank its slice. FSDP: every forward is a collective, so every rank must run the same
+    batches: equal slices, then the few left-over rows on every rank, counted on rank 0 only.
+    """
+    if not shards:
+        return [(val.part(parallel.my_slice(len(val), dist)).to(dist.device), 1.0)]
+    k = len(val) // dist.world_size
+    parts = [(val.part(slice(dist.rank * k, (dist.rank + 1) * k)).to(dist.device), 1.0)]
+    if len(val) > k * dist.world_size:
+        parts.append((val.part(slice(k * dist.world_size, len(val))).to(dist.device), float(dist.is_main)))
+    return parts
+
+
+def _extras(
+    history: list[dict[str, Any]], best: float | None, best_epoch: int | None, scaler: Any
 ) -> dict[str, Any]:
-    """What every last.pt holds, at an epoch's end or inside one: weights, optimizer, history, best."""
-    return {
-        "model": net.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "history": history,
-        "best": best,
-        "best_epoch": best_epoch,
-    }
+    """What every last checkpoint holds besides weights and optimizer: history, best, fp16 scaler."""
+    extras = {"history": history, "best": best, "best_epoch": best_epoch}
+    return extras | ({"scaler": scaler.state_dict()} if scaler is not None else {})
 
 
 def _seed_dropout(seed: int, dist: DistInfo) -> None:
@@ -170,13 +184,15 @@ def check_reopen(spec: JobSpec, run: RunDir) -> None:
             )
 
 
-def _prepare_run(spec: JobSpec, home: Path, run_id: str | None) -> tuple[RunDir, dict[str, Any] | None]:
-    """Create the run folder, or reopen it when it holds the same spec (resume from last.pt)."""
+def _prepare_run(
+    spec: JobSpec, home: Path, run_id: str | None, shards: bool
+) -> tuple[RunDir, dict[str, Any] | None]:
+    """Create the run folder, or reopen it when it holds the same spec (resume from its last checkpoint)."""
     run = RunDir.under(home, run_id or new_run_id(spec.name))
     check_reopen(spec, run)
     if run.spec.exists():
         run.remove_partial_writes()
-        return run, checkpoint.load(run.last) if run.last.exists() else None
+        return run, saves.load_last(run, shards)
     run.path.mkdir(parents=True, exist_ok=True)
     _atomic.write_text(run.spec, spec.to_yaml())
     return run, None
@@ -202,6 +218,7 @@ def fit(
     dist: DistInfo | None = None,
     master_key: MasterKey | None = None,
     on_epoch: Callable[[dict[str, Any]], bool] | None = None,
+    strategy: str | None = None,
 ) -> TrainResult:
     """Train `spec` into runs/<run_id>/; an existing run with the same spec resumes from last.pt.
 
@@ -215,6 +232,10 @@ def fit(
     `on_epoch(row)` runs on rank 0 after each epoch's best checkpoint and returns True to stop early
     (a tuner's pruning); every rank passes one or none, and all of them stop at the same epoch.
     A stopped run says `"stopped_early": true` in summary.json.
+
+    `strategy` ("ddp" or "fsdp", as the launcher decided and recorded it) overrides
+    `distributed.strategy`; with "fsdp" each rank holds a shard of the model, gradients and
+    optimizer state, and checkpoints are sharded (`train.sharded`) whatever the worker count.
     """
     import torch
 
@@ -226,16 +247,29 @@ def fit(
     home = skylift_home(home)
     t = spec.train
     task = TASKS[spec.task]
+    precision.check_precision(t.precision, t.force_precision, dist.device, precision.cpu_flags())
     if t.threads:
         torch.set_num_threads(t.threads)
     data, net = setup(spec, home)  # validate data and model before touching the run folder
     net = net.to(dist.device)
     train_rows = data.train.to(dist.device)
+    if strategy is None and spec.distributed.strategy == "auto":  # a direct call: decide here
+        x, _ = data.train.take(torch.arange(min(2, len(data.train))))
+        strategy, why = fsdp.decide(spec, net, x.to(dist.device), dist.world_size, dist.device)
+        if observer and why:
+            observer.note(why)
+    shards = (strategy or spec.distributed.strategy) == "fsdp"
     # each rank scores its part of validation; the sums add up exactly
-    val_rows = data.val.part(parallel.my_slice(len(data.val), dist)).to(dist.device)
-    optimizer = make_optimizer(net, t.optimizer)
+    val_parts = _val_parts(data.val, dist, shards)
+    if t.activation_checkpointing:
+        fsdp.checkpoint_blocks(net)
+    if shards and dist.distributed:
+        fsdp.shard(net, dist, t.precision)  # before the optimizer: sharding replaces the parameters
+    scaler = precision.grad_scaler(t.precision, dist.device, shards and dist.distributed)
+    fused = scaler is None or not (shards and dist.distributed)  # see make_optimizer
+    optimizer = make_optimizer(net, t.optimizer, fused=fused)
     if dist.is_main:
-        run, state = _prepare_run(spec, home, run_id)
+        run, state = _prepare_run(spec, home, run_id, shards)
     else:
         run, state = RunDir.under(home, run_id or ""), None
     state = parallel.broadcast_state(state, dist)
@@ -247,8 +281,9 @@ def fit(
     stopped = False
     position: dict[str, Any] | None = None  # where a mid-epoch last.pt was saved
     if state is not None:
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        saves.restore(state, net, optimizer, run, dist)
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and dist.device != "cpu":
             torch.cuda.set_rng_state(state["rng"]["cuda"], dist.device)
@@ -258,7 +293,9 @@ def fit(
         position = state.get("position")
         if dist.is_main:
             run.write_metrics(history)  # a crash may have come between last.pt and metrics.jsonl
-    model = parallel.wrap(net, dist, spec.distributed.sync_batchnorm) if dist.distributed else net
+    model = net
+    if dist.distributed and not shards:
+        model = parallel.wrap(net, dist, spec.distributed.sync_batchnorm)
     meta = {
         **data.meta,
         "model": spec.model.model_dump(mode="json"),
@@ -308,30 +345,42 @@ def fit(
                 x_bS, y_bK = train_rows.take(idx_b)
                 # gradients are all-reduced once per optimizer step, on the group's last batch
                 sync = i == len(group) - 1 or not dist.distributed
-                with contextlib.nullcontext() if sync else model.no_sync():  # type: ignore[operator]
-                    loss_sum = task.loss_sum(model(x_bS), y_bK, t, data)
-                    (loss_sum * scale).backward()  # type: ignore[no-untyped-call]
+                if shards and dist.distributed:
+                    net.set_requires_gradient_sync(sync)  # type: ignore[operator]
+                accumulate = not sync and not shards  # DDP's way to skip the sync; FSDP's is above
+                with model.no_sync() if accumulate else contextlib.nullcontext():  # type: ignore[operator]
+                    with precision.autocast(t.precision, dist.device):
+                        loss_sum = task.loss_sum(model(x_bS), y_bK, t, data)
+                    loss = loss_sum * scale
+                    (scaler.scale(loss) if scaler else loss).backward()
                 step_loss_S[step] = loss_sum.detach()  # a copy, no sync: .item() per step would cost more
                 step += 1
                 if observer:
                     observer.step(hi - lo)
+            if scaler is not None:
+                scaler.unscale_(optimizer)
             if t.clip_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), t.clip_grad_norm)
-            optimizer.step()
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
             every = t.checkpoint.every_steps
             if every and (g + 1) % every == 0 and g + 1 < len(steps):
                 where = {"epoch": epoch, "group": g + 1, "shuffle": shuffle_state}
                 where["step_losses"] = step_loss_S[:step].tolist()
                 where["rank_buffers"] = _rank_buffers(net, dist)  # batch-norm statistics differ by rank
-                if dist.is_main:
-                    state = _resumable(net, optimizer, history, best, best_epoch)
-                    state["rng"] = {"torch": torch.get_rng_state(), "shuffle": shuffle_state}
-                    state |= {"stopped_early": False, "position": where, "meta": {**meta, "epoch": epoch - 1}}
-                    checkpoint.save(run.last, state)
+                extras = _extras(history, best, best_epoch, scaler)
+                extras["rng"] = {"torch": torch.get_rng_state(), "shuffle": shuffle_state}
+                extras |= {"stopped_early": False, "position": where, "meta": {**meta, "epoch": epoch - 1}}
+                saves.save_last(run, net, optimizer, extras, dist, shards)
         seconds = time.perf_counter() - tick
         parallel.average_buffers(net, dist)
-        sums = task.eval_sums(net, val_rows, data)
+        sums = torch.stack([task.eval_sums(net, rows, data) * w for rows, w in val_parts]).sum(0)
+        _reshard(net, shards and dist.distributed)
         totals = parallel.all_reduce_sum(torch.cat([sums, step_loss_S.sum().view(1)]), dist)
+        ranks = memory.report(net, optimizer, dist)
         val_loss, val_metrics = task.summarize(totals[:-1], data)
         row = {
             "epoch": epoch,
@@ -342,26 +391,31 @@ def fit(
             "seconds": round(seconds, 4),
             "samples_per_s": round(n / seconds, 1),
             **({task.unit_rate: round(n * data.terms_per_row / seconds, 1)} if task.unit_rate else {}),
+            "peak_mb": max(r["peak_mb"] for r in ranks),
+            "memory": ranks,
         }
         history.append(row)
         if _improved(row[t.checkpoint.monitor], best, t.checkpoint.mode):
             best, best_epoch = row[t.checkpoint.monitor], epoch
-            if dist.is_main:
-                checkpoint.save(run.best, {"model": net.state_dict(), "meta": {**meta, "epoch": epoch}})
+            saves.save_best(run, net, {**meta, "epoch": epoch}, dist, shards)
         if dist.is_main:
             for line in task.epoch_end(net, data, run.path, epoch):
                 if observer:
                     observer.note(line)
+        elif shards:  # the task's forwards (e.g. sampled text) are collectives: join them, write nothing
+            with tempfile.TemporaryDirectory() as scratch:
+                task.epoch_end(net, data, Path(scratch), epoch)
+        _reshard(net, shards and dist.distributed)
         if on_epoch is not None:
             # One tiny all_reduce so every rank leaves the loop at the same epoch (else the others
             # would wait forever in the next step's gradient sync).
             stop_1 = torch.tensor([float(dist.is_main and on_epoch(row))], device=dist.device)
             stopped = parallel.all_reduce_sum(stop_1, dist).item() > 0
+        extras = _extras(history, best, best_epoch, scaler)
+        extras["rng"] = {"torch": torch.get_rng_state(), "shuffle": gen.get_state(), **_cuda_rng(dist)}
+        extras["stopped_early"] = stopped  # kept, so a restart after the stop does not train on
+        saves.save_last(run, net, optimizer, {**extras, "meta": {**meta, "epoch": epoch}}, dist, shards)
         if dist.is_main:
-            state = _resumable(net, optimizer, history, best, best_epoch)
-            state["rng"] = {"torch": torch.get_rng_state(), "shuffle": gen.get_state(), **_cuda_rng(dist)}
-            state["stopped_early"] = stopped  # kept, so a restart after the stop does not train on
-            checkpoint.save(run.last, {**state, "meta": {**meta, "epoch": epoch}})
             run.write_metrics(history)
         if observer:
             observer.epoch(row)
@@ -370,9 +424,13 @@ def fit(
 
     if not dist.is_main:
         return TrainResult(run.run_id, run.path, {}, history)
+    if shards:
+        saves.consolidate_best(run, spec)
     summary = _finish(run, spec, data, history, best_epoch, meta, time.perf_counter() - started)
     summary["parameters"] = count_parameters(net)
     summary["workers"] = dist.world_size
+    summary["strategy"] = "fsdp" if shards else "ddp"
+    summary["precision"] = t.precision
     summary["stopped_early"] = stopped
     if spec.train.register_best:
         summary["registered"] = _register(run, spec, summary, home, master_key)

@@ -11,17 +11,19 @@ if TYPE_CHECKING:
     import torch
 
 
-def make_optimizer(model: torch.nn.Module, opt: OptimizerSpec) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, opt: OptimizerSpec, fused: bool = True) -> torch.optim.Optimizer:
+    """`fused=False` for FSDP's fp16 scaler: its found-inf flag has shape [1], which torch 2.13's
+    fused Adam kernel refuses (it wants a scalar); the per-tensor loop accepts it."""
     import torch
 
     # fused=True: PyTorch's default CPU Adam is a per-tensor Python loop costing more than
     # forward + backward on an MLP; the fused kernel makes the whole step ~1.4x faster.
     if opt.name == "adam":
         return torch.optim.Adam(
-            model.parameters(), lr=opt.lr, eps=opt.eps, weight_decay=opt.weight_decay, fused=True
+            model.parameters(), lr=opt.lr, eps=opt.eps, weight_decay=opt.weight_decay, fused=fused
         )
     if opt.name == "adamw":
-        return torch.optim.AdamW(_decay_groups(model, opt.weight_decay), lr=opt.lr, eps=opt.eps, fused=True)
+        return torch.optim.AdamW(_decay_groups(model, opt.weight_decay), lr=opt.lr, eps=opt.eps, fused=fused)
     return torch.optim.SGD(
         model.parameters(), lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay
     )

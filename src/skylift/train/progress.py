@@ -14,11 +14,14 @@ from rich.table import Table
 def _fmt(column: str, value: Any) -> str:
     # A rate reads in whole samples (one decimal as measured); losses and scores need four.
     if isinstance(value, float):
+        if column == "peak_mb":
+            return f"{value:,.0f}"
         return f"{value:,.1f}" if column.endswith("_per_s") or value >= 1000 else f"{value:.4f}"
     return str(value)
 
 
-_HEADERS = {"samples_per_s": "samples/s", "tokens_per_s": "tokens/s"}  # fits an 80-column terminal
+# fits an 80-column terminal; peak MB: the largest rank's peak memory (every rank's in metrics.jsonl)
+_HEADERS = {"samples_per_s": "samples/s", "tokens_per_s": "tokens/s", "peak_mb": "peak MB"}
 
 
 class TrainDisplay:
@@ -52,7 +55,7 @@ class TrainDisplay:
         self.console.print(
             f"run [bold]{run_id}[/]" + (f" (resuming at epoch {first_epoch})" if first_epoch > 1 else "")
         )
-        self.columns = ("epoch", "loss", "val_loss", *metrics, "samples_per_s")
+        self.columns = ("epoch", "loss", "val_loss", *metrics, "samples_per_s", "peak_mb")
         self.table = Table(
             *(_HEADERS.get(c, c) for c in self.columns),
             box=box.SIMPLE_HEAD,
@@ -69,7 +72,7 @@ class TrainDisplay:
         self.progress.advance(self.task, samples)
 
     def epoch(self, row: dict[str, Any]) -> None:
-        self.table.add_row(*(_fmt(c, row[c]) for c in self.columns))
+        self.table.add_row(*(_fmt(c, row[c]) if c in row else "" for c in self.columns))
         nxt = min(row["epoch"] + 1, self.epochs)
         rate = f"{row['samples_per_s']:,.0f} samples/s"
         if "tokens_per_s" in row:

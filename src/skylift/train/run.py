@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,11 @@ class RunDir:
         return self.path / "curves.png"
 
     @property
+    def checkpoints(self) -> Path:
+        """checkpoints/: last.pt and best.pt, or sharded last/best folders under FSDP (train.sharded)."""
+        return self.path / "checkpoints"
+
+    @property
     def last(self) -> Path:
         return self.path / "checkpoints" / "last.pt"
 
@@ -73,13 +79,17 @@ class RunDir:
         _atomic.write_text(self.metrics, "".join(json.dumps(row, sort_keys=True) + "\n" for row in history))
 
     def remove_partial_writes(self) -> None:
-        """Delete temp files of writes a killed process left (`.NAME.*.tmp`, see `_atomic`).
+        """Delete temp files of writes a killed process left (`.NAME.*.tmp`, see `_atomic` and
+        `train.sharded`).
 
         Called by the one process reopening the run, so no writer of this run is alive.
         """
-        for folder in (self.path, self.path / "checkpoints"):
+        for folder in (self.path, self.checkpoints):
             for tmp in folder.glob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
+                if tmp.is_dir():  # a sharded checkpoint's folder (train.sharded)
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    tmp.unlink(missing_ok=True)
 
     def read_summary(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.summary.read_text())

@@ -25,6 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar=("MODULE:FACTORY", "ARG"),
         help="rank 0 calls FACTORY(ARG)(row) after each epoch; True stops every rank (a tuner's pruning)",
     )
+    ap.add_argument("--strategy", choices=("ddp", "fsdp"), help="as the launcher decided (default: spec's)")
     args = ap.parse_args(argv)
     fatal = Path(args.fatal_file)
     if fatal.exists():
@@ -67,6 +68,7 @@ def _train(args: argparse.Namespace, fatal: Path) -> int:
             dist=info,
             master_key=key,
             on_epoch=on_epoch,
+            strategy=args.strategy,
         )
         finished = True
     except SkyliftError as exc:
