@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,7 +29,11 @@ from tests.conftest import EXAMPLE, free_port
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "localhost/skylift:test"
 IMAGE_USER = 10001  # the Containerfile's `skylift` user; the volume must be its own
-ENV = {**os.environ, "CONTAINERS_CONF": str(Path(__file__).parent / "container" / "containers.conf")}
+ENV = {
+    **os.environ,
+    "PYTHON": sys.executable,
+    "CONTAINERS_CONF": str(Path(__file__).parent / "container" / "containers.conf"),
+}
 
 
 def _podman(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -68,7 +73,10 @@ def _own(path: Path) -> None:
 def _skylift(volume: Path, *args: str) -> str:
     """A skylift command on the host over `volume`, which is then handed back to the image's user."""
     proc = subprocess.run(
-        ["python", "-m", "skylift", *args, f"--home={volume}"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "skylift", *args, f"--home={volume}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     _own(volume)
