@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,11 @@ def _placement_args(p: argparse.ArgumentParser, single_node: bool = False) -> No
         "--node-rank", type=int, default=0, help="this machine's index; node 0 hosts the rendezvous"
     )
     p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="c10d rendezvous address, same on every node")
+    p.add_argument(
+        "--node-addr",
+        metavar="ADDRESS|INTERFACE",
+        help="what this node gives its peers (default: its address on the route to the rendezvous)",
+    )
 
 
 def _console() -> Any:
@@ -103,6 +109,10 @@ def _run_training(spec: Any, args: argparse.Namespace, run_id: str | None) -> An
     from skylift.train.launch import launch, place
     from skylift.train.progress import TrainDisplay
 
+    if getattr(args, "node_addr", None):  # checked before anything is written
+        from skylift.train.network import node_address
+
+        node_address(getattr(args, "rdzv_endpoint", None) or "", args.node_addr)
     placement = place(
         spec,
         args.workers,
@@ -112,6 +122,7 @@ def _run_training(spec: Any, args: argparse.Namespace, run_id: str | None) -> An
         run=run if run is not None and run.spec.is_file() else None,
         home=args.home,
     )
+    placement = dataclasses.replace(placement, node_addr=getattr(args, "node_addr", None))
     for line in (placement.reason, placement.strategy_reason):
         if line:
             console.print(line)

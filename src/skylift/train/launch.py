@@ -30,6 +30,7 @@ SYNC_FLOOR_S = 1.6e-3
 CORE_FLOPS = 20e9
 # 20x: DDP pays only when each worker's step compute dwarfs the gradient sync (sync <= 5%).
 SYNC_MARGIN = 20
+RENDEZVOUS_WAIT_S = 300.0  # how long a node other than 0 waits for node 0's rendezvous to answer
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class Placement:
     strategy: str | None = None
     """ddp or fsdp as decided for this run; None: the spec's own (auto then decided by `fit`)."""
     strategy_reason: str = ""
+    node_addr: str | None = None
+    """The address or interface this node gives its peers (--node-addr); None: the route to the rendezvous."""
 
 
 def _cores() -> int:
@@ -303,6 +306,7 @@ def _agent(
 
     multi = p.nnodes > 1
     logs = RunDir.under(home, run_id).path / "logs"
+    local_addr = _advertise(p) if multi else None
     config = LaunchConfig(
         min_nodes=p.nnodes,
         max_nodes=p.nnodes,
@@ -312,6 +316,7 @@ def _agent(
         rdzv_endpoint=p.rdzv_endpoint if multi and p.rdzv_endpoint else "127.0.0.1:0",
         # node 0 hosts the rendezvous store; the others connect to it
         rdzv_configs={"is_host": p.node_rank == 0} if multi else {},
+        local_addr=local_addr,
         max_restarts=p.max_restarts,
         monitor_interval=0.2,
         start_method="spawn",
@@ -344,6 +349,26 @@ def _agent(
             f"training failed: worker rank {rank} {how} after {p.max_restarts} restart(s){kept} "
             f"(worker logs: {logs})"
         ) from None
+
+
+def _advertise(p: Placement) -> str:
+    """The address this node gives its peers (not loopback from its hostname: see train.network);
+    says it in one line, points gloo at its interface, and waits for node 0's rendezvous to answer."""
+    from skylift.train import network
+
+    assert p.rdzv_endpoint is not None  # place() requires it for several nodes
+    node = network.node_address(p.rdzv_endpoint, p.node_addr)
+    if node.interface and "GLOO_SOCKET_IFNAME" not in os.environ:
+        os.environ["GLOO_SOCKET_IFNAME"] = node.interface  # the spawned workers inherit it
+    via = f" on {node.interface}" if node.interface else ""
+    print(
+        f"node {p.node_rank} of {p.nnodes}: advertising {node.address}{via} (from {node.how}) "
+        f"to the rendezvous at {p.rdzv_endpoint}",
+        flush=True,
+    )
+    if p.node_rank != 0:
+        network.wait_for_rendezvous(p.rdzv_endpoint, RENDEZVOUS_WAIT_S)
+    return node.address
 
 
 @contextlib.contextmanager
