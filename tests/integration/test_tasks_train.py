@@ -246,30 +246,26 @@ def test_bad_text_input_is_one_line(home: Path, tmp_path: Path) -> None:
     assert not (home / "runs").exists() or not list((home / "runs").iterdir())
 
 
-def test_serve_refuses_a_model_it_has_no_runtime_for_in_one_line(home: Path) -> None:
-    spec = parse_spec(
-        {
-            "name": "reg",
-            "task": "regression",
-            "data": {"train": "builtin:diabetes"},
-            "model": {"layers": [{"dense": {"units": 1}}]},
-            "train": {"epochs": 1},
-            "distributed": {"workers": 1},
-        }
+def test_serve_refuses_a_text_model_on_the_onnx_runtime_in_one_line(home: Path, tmp_path: Path) -> None:
+    csv = tmp_path / "texts.csv"
+    csv.write_text(
+        "text,topic\n" + "".join(f"{t},{label}\n" for label, texts in TEXTS.items() for t in texts)
     )
-    ref = fit(spec, home=home, run_id="reg").summary["registered"]
+    spec = parse_spec({**text_classifier(str(csv), epochs=1, threads=1), "distributed": {"workers": 1}})
+    ref = fit(spec, home=home, run_id="text").summary["registered"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "skylift", "serve", ref, "--no-auth", "--port", "0"],
+        [sys.executable, "-m", "skylift", "serve", ref, "--no-auth", "--port", "0", "--runtime", "onnx"],
         env={**os.environ, "SKYLIFT_HOME": str(home)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # finish() kills the whole group if it does not stop
     )
     code, _, err = finish(proc, 60)
     assert code == 2
     assert err == (
-        "error: reg:1 is a regression model: skylift serve runs classifiers over numeric features so far "
-        "(evaluate and predict take every task)\n"
+        f"error: {ref} is a text classifier: --runtime onnx serves classifiers and regressors of "
+        "numeric features\n"
     )
 
 

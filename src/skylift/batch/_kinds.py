@@ -107,8 +107,15 @@ KINDS: dict[str, Kind] = {k.name: k for k in (Classifier(), Regressor(), Generat
 
 
 def kind_of(model: LoadedModel) -> Kind:
-    """The model's kind from its signature (classifier for versions registered before kinds)."""
-    return KINDS[str(model.info.get("signature", {}).get("kind", "classifier"))]
+    """The model's kind from its signature (classifier for versions registered before kinds);
+    SpecError for a kind batch inference does not run (an imported embedder: serve it)."""
+    kind = str(model.info.get("signature", {}).get("kind", "classifier"))
+    if kind not in KINDS:
+        raise SpecError(
+            f"{model.ref} is an {kind}: batch prediction runs {', '.join(KINDS)} models so far "
+            "(skylift serve answers /v1/embeddings)"
+        )
+    return KINDS[kind]
 
 
 def _tokenizer(model: LoadedModel) -> Any:

@@ -79,6 +79,15 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="model name (default: the name in the checkpoint's spec)")
     p.set_defaults(run=_register)
 
+    p = ms.add_parser(
+        "import",
+        parents=shared,
+        help="register a local Hugging Face / sentence-transformers folder (safetensors) as a new version",
+    )
+    p.add_argument("path", help="the model folder: config.json, tokenizer.json, model.safetensors")
+    p.add_argument("--name", required=True, help="model name in the registry")
+    p.set_defaults(run=_import)
+
     p = ms.add_parser("export", parents=shared, help="write a version as ONNX or TorchScript")
     p.add_argument("ref", help="NAME, NAME:VERSION or NAME@ALIAS")
     p.add_argument("--format", dest="fmt", required=True, choices=["onnx", "torchscript"])
@@ -131,6 +140,12 @@ def _console() -> Console:
     from rich.console import Console
 
     return Console()
+
+
+def _import(args: argparse.Namespace) -> int:
+    from skylift.cli._import import run_import
+
+    return run_import(args)
 
 
 def _registry(args: argparse.Namespace) -> Registry:
@@ -249,6 +264,16 @@ def _tensor(entry: dict[str, Any]) -> str:
     return f"{entry['name']} {entry['datatype']} {entry['shape']}"
 
 
+def _architecture_of(arch: dict[str, Any]) -> str:
+    """A declarative spec's summary, or an imported model's (`skylift models import`)."""
+    if "imported" not in arch:
+        return _architecture(arch.get("model", {}))
+    config = arch.get("config", {})
+    size = f"{config.get('num_hidden_layers')} layers x {config.get('hidden_size')}"
+    normalized = ", normalized" if arch.get("normalize") else ""
+    return f"imported {arch['imported']}: {size}, {arch.get('pooling')} pooling{normalized}"
+
+
 def _answers(info: dict[str, Any]) -> tuple[str, str]:
     """(row name, value): what the model's outputs mean, by signature kind."""
     sig, data = info["signature"], info.get("data") or {}
@@ -256,6 +281,8 @@ def _answers(info: dict[str, Any]) -> tuple[str, str]:
         return "targets", ", ".join(str(t) for t in sig.get("targets", []))
     if sig.get("kind") == "generator":
         return "vocabulary", f"{data.get('vocab_size', sig['outputs'][0]['shape'][-1])} tokens"
+    if sig.get("kind") == "embedder":
+        return "embedding", f"{data.get('dim', '?')} values per text"
     return "classes", ", ".join(str(c) for c in sig.get("classes", []))
 
 
@@ -291,7 +318,7 @@ def _show(args: argparse.Namespace) -> int:
         ("signature", sig.get("kind", "classifier")),
         ("created", info.get("created", "?")),
         ("aliases", ", ".join(info["aliases"]) or "-"),
-        ("architecture", _architecture(info.get("architecture", {}).get("model", {}))),
+        ("architecture", _architecture_of(info.get("architecture", {}))),
         *((f"input{'s' * (len(sig['inputs']) > 1)}", "; ".join(_tensor(i) for i in sig["inputs"])),),
         *((f"output{'s' * (len(sig['outputs']) > 1)}", "; ".join(_tensor(o) for o in sig["outputs"])),),
         _answers(info),

@@ -20,7 +20,16 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-delay-ms", type=float, help="longest wait for a batch to fill (default: spec, else 2)"
     )
+    p.add_argument(
+        "--max-batch-tokens", type=int, default=8192, help="tokens per batch of a text model (default 8192)"
+    )
     p.add_argument("--max-queue-rows", type=int, default=4096, help="queued rows before 503")
+    p.add_argument(
+        "--max-running", type=int, default=32, help="sequences a language model decodes together (default 32)"
+    )
+    p.add_argument(
+        "--max-waiting", type=int, default=256, help="generation requests queued before 503 (default 256)"
+    )
     p.add_argument("--timeout-ms", type=int, default=30_000, help="per-request deadline (504)")
     p.add_argument("--max-body-mb", type=float, default=16.0, help="request body limit (413)")
     p.add_argument("--max-requests", type=int, default=0, help="recycle a replica after N requests")
@@ -111,7 +120,10 @@ def _serve(args: argparse.Namespace) -> int:
         replicas=settings["replicas"],
         max_batch_rows=settings["max_batch_rows"],
         max_delay_ms=settings["max_delay_ms"],
+        max_batch_tokens=args.max_batch_tokens,
         max_queue_rows=args.max_queue_rows,
+        max_running=args.max_running,
+        max_waiting=args.max_waiting,
         timeout_ms=args.timeout_ms,
         max_body_mb=args.max_body_mb,
         max_requests=args.max_requests,

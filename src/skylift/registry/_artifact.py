@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -176,17 +176,36 @@ def build_files(
     validated `serve:` section or None.
     """
 
-    def seal(file: str, plain: bytes) -> tuple[str, bytes]:
-        if key is None:
-            return file, plain
-        return file + ".enc", encrypt(key, plain, associated_data(name, version, file + ".enc"))
-
-    sealed = dict([seal(WEIGHTS, weights)])
+    plain = {WEIGHTS: weights}
     if isinstance(meta.get("tokenizer"), str):
-        sealed.update([seal(TOKENIZER, meta["tokenizer"].encode("utf-8"))])
-    sizes = {f: len(b) for f, b in sealed.items()}
-    info = _model_json(name, version, meta, metrics, lineage, sizes, key, serve)
-    blobs = {**sealed, MODEL_JSON: _json_bytes(info)}
+        plain[TOKENIZER] = meta["tokenizer"].encode("utf-8")
+    return seal_files(
+        name,
+        version,
+        plain,
+        key,
+        lambda sizes: _model_json(name, version, meta, metrics, lineage, sizes, key, serve),
+    )
+
+
+def seal_files(
+    name: str,
+    version: int,
+    plain: Mapping[str, bytes],
+    key: MasterKey | None,
+    model_json: Callable[[dict[str, int]], dict[str, Any]],
+) -> dict[str, bytes]:
+    """Every file of a version folder: `plain` files sealed (encrypted in their place with `key`, as
+    NAME.enc), model.json made by `model_json` from the sealed files' sizes, and MANIFEST.json
+    (with its MAC under `key`)."""
+
+    def seal(file: str, data: bytes) -> tuple[str, bytes]:
+        if key is None:
+            return file, data
+        return file + ".enc", encrypt(key, data, associated_data(name, version, file + ".enc"))
+
+    sealed = dict(seal(f, b) for f, b in plain.items())
+    blobs = {**sealed, MODEL_JSON: _json_bytes(model_json({f: len(b) for f, b in sealed.items()}))}
     manifest = _manifest.build(blobs)
     if key is not None:
         payload = _manifest.mac_payload(name, version, manifest["files"])
@@ -375,6 +394,8 @@ def build_module(info: Mapping[str, Any], weights: bytes, where: str) -> nn.Modu
     from skylift.spec import ModelSpec
     from skylift.tasks import TASKS
 
+    if isinstance(info.get("architecture"), dict) and "imported" in info["architecture"]:
+        return _build_imported(info["architecture"], weights, where)
     try:
         spec = ModelSpec.model_validate(info["architecture"]["model"])
         data = (
@@ -403,3 +424,22 @@ def build_module(info: Mapping[str, Any], weights: bytes, where: str) -> nn.Modu
         first = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else "mismatch"
         raise IntegrityError(f"{where}: the weights do not fit the recorded architecture ({first})") from None
     return model.eval()
+
+
+def _build_imported(architecture: Mapping[str, Any], weights: bytes, where: str) -> nn.Module:
+    """A model imported from a Hugging Face folder (`skylift models import`), rebuilt without transformers."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    from skylift.registry._bert import build_embedder
+
+    if architecture.get("imported") != "bert":
+        raise IntegrityError(f"{where}: {MODEL_JSON} names an unknown imported architecture")
+    try:
+        tensors = load(weights)
+    except (SafetensorError, ValueError):
+        raise IntegrityError(f"{where}: the weights are not a valid safetensors file") from None
+    try:
+        return build_embedder(architecture, tensors, where)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None

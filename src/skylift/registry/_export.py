@@ -83,6 +83,11 @@ def check_exportable(info: dict[str, Any]) -> None:
     """SpecError (one line) unless the version described by model.json `info` can be exported."""
     if info.get("signature", {}).get("kind") == "generator" or info.get("task") == "language_modeling":
         raise SpecError(NOT_EXPORTABLE)
+    if info.get("signature", {}).get("kind") == "embedder":
+        raise SpecError(
+            f"export of imported embedders is not supported: serve {info.get('ref', 'it')} with "
+            "skylift serve, or use the folder it was imported from"
+        )
 
 
 def _text(loaded: LoadedModel) -> bool:

@@ -12,7 +12,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -212,8 +212,28 @@ class Registry:
             else run_serve_section(self.root.parent, meta.get("run_id"))
         )
         weights = _artifact.prepare_weights(state_dict)
+        return self._add_version(
+            name,
+            lambda v: _artifact.build_files(name, v, weights, meta, metrics, lineage, self._key, defaults),
+        )
+
+    def import_folder(self, path: Path | str, name: str) -> ModelVersion:
+        """Register a local Hugging Face / sentence-transformers folder (a BERT encoder with
+        safetensors weights and tokenizer.json) as the next version of `name`, an embedder.
+
+        The folder is checked end to end first (DataError, one line; pickled weights are refused):
+        a folder that cannot be served changes nothing on disk.
+        """
+        from skylift.registry._import import import_files, read_folder
+
+        check_name(name)
+        found = read_folder(Path(path))
+        return self._add_version(name, lambda v: import_files(name, v, found, self._key))
+
+    def _add_version(self, name: str, files_of: Callable[[int], Mapping[str, bytes]]) -> ModelVersion:
+        """Claim the next version number, write `files_of(version)` into a temp folder, rename it in."""
         version = self._claim_version(name)
-        files = _artifact.build_files(name, version, weights, meta, metrics, lineage, self._key, defaults)
+        files = files_of(version)
         folder = self.root / name
         tmp = folder / f".tmp-{version}-{secrets.token_hex(4)}"
         tmp.mkdir()

@@ -29,6 +29,7 @@ from skylift.serve.cache import ResponseCache, cache_key
 from skylift.serve.codec import BadRequest
 from skylift.serve.config import ServeConfig
 from skylift.serve.metrics import Metrics
+from skylift.serve.openai import OpenAIRoutes, Stream, error_body, model_object, until_disconnect
 from skylift.serve.openapi import openapi
 from skylift.serve.ratelimit import RateLimiter
 from skylift.serve.repository import Repository, ServedModel
@@ -36,7 +37,7 @@ from skylift.serve.routes import Route
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
-Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
+Answer = tuple[int, "bytes | Stream", list[tuple[bytes, bytes]]]
 Handler = Callable[[Route, dict[str, Any], Receive], Awaitable[Answer]]
 _KEY_LIKE = re.compile(r"sk_[0-9a-f]{8}_[A-Za-z0-9_-]*")
 JSON = (b"content-type", b"application/json")
@@ -86,6 +87,7 @@ class App:
             "v1/models/predict": self._predict_v1,
             "metrics": self._metrics,
             "openapi": self._openapi,
+            **OpenAIRoutes(self).handlers(),
         }
 
     def _limit(self, key: KeyInfo) -> None:
@@ -119,6 +121,8 @@ class App:
         # Matched first, before anything can raise: errors are counted under the route they hit.
         route = routes.match(scope["path"])
         extra: tuple[tuple[bytes, bytes], ...] = ()
+        body: bytes | Stream
+        message: str | None = None  # an error's, set by the except clauses below
         key: KeyInfo | None = None
         authorized = False
         try:
@@ -132,24 +136,32 @@ class App:
             handler = self._handlers.get(route.name, self._unmatched)
             status, body, headers = await handler(route, scope, receive)
         except (Reply, Denied) as r:
-            status, body, headers, extra = r.status, _error(str(r)), [JSON], r.headers
+            status, message, extra = r.status, str(r), r.headers
         except BadRequest as exc:
-            status, body, headers = exc.status, _error(str(exc)), [JSON]
+            status, message = exc.status, str(exc)
         except Overloaded as exc:
-            status, body, headers, extra = 503, _error(str(exc)), [JSON], ((b"retry-after", b"1"),)
+            retry = str(getattr(exc, "retry_after_s", 1)).encode()  # the engine's estimate, if any
+            status, message, extra = 503, str(exc), ((b"retry-after", retry),)
         except DeadlineExceeded:
-            status, body, headers = 504, _error(f"deadline of {self.config.timeout_ms} ms exceeded"), [JSON]
+            status, message = 504, f"deadline of {self.config.timeout_ms} ms exceeded"
         except ModelNotFound as exc:
-            status, body, headers = 404, _error(str(exc)), [JSON]
-        except SpecError as exc:  # e.g. a malformed model reference in an admin load
-            status, body, headers = 400, _error(str(exc)), [JSON]
+            status, message = 404, str(exc)
+        except SpecError as exc:  # e.g. a malformed model reference in an admin load, bad sampling
+            status, message = 400, str(exc)
         except SkyliftError as exc:
             _log(f"{route.name}: {exc}")
-            status, body, headers = 500, _error(str(exc)), [JSON]
+            status, message = 500, str(exc)
         except Exception as exc:  # a bug: answer JSON, log it, count it; the worker carries on
             self.metrics.extra["internal_errors_total"] += 1
             _log(f"internal error on {scope['method']} {route.name}: {exc}", exc)
-            status, body, headers = 500, _error("internal server error (logged by the server)"), [JSON]
+            status, message = 500, "internal server error (logged by the server)"
+        if message is not None:
+            openai = route.name.startswith("openai/")
+            body, headers = error_body(status, message) if openai else _error(message), [JSON]
+        if isinstance(body, Stream):
+            await _stream(receive, send, status, [*headers, *extra], body)
+            self._done(route, status, start)
+            return
         if route.scope == "admin" and authorized:  # every admin action, whatever its outcome
             self._audit_admin(scope, route, key, status, body)
         if len(body) >= compression.MIN_COMPRESS_BYTES:
@@ -157,6 +169,9 @@ class App:
         length = (b"content-length", str(len(body)).encode())  # not chunked: no framing per response
         await send({"type": "http.response.start", "status": status, "headers": [*headers, *extra, length]})
         await send({"type": "http.response.body", "body": body})
+        self._done(route, status, start)
+
+    def _done(self, route: Route, status: int, start: float) -> None:
         self.metrics.observe(route.name, status, time.perf_counter() - start)
         self.served += 1
         if self.on_request:
@@ -194,7 +209,12 @@ class App:
         return body
 
     def _model(self, route: Route) -> ServedModel:
-        name, version = route.model or "", route.version
+        model = self.repo.models.get(route.model or "")
+        if model is None or route.version is not None:  # the common case returns at once
+            return self._lookup(route.model or "", route.version)
+        return model
+
+    def _lookup(self, name: str, version: str | None) -> ServedModel:
         model = self.repo.models.get(name)
         if model is None:
             raise Reply(
@@ -251,6 +271,15 @@ class App:
         finally:
             model.in_flight -= 1
 
+    @contextlib.contextmanager
+    def _hold(self, model: ServedModel) -> Iterator[ServedModel]:
+        """As _holding, for a model named in the body (the OpenAI routes)."""
+        model.in_flight += 1
+        try:
+            yield model
+        finally:
+            model.in_flight -= 1
+
     async def _infer_v2(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
         with self._holding(route) as model:
             header_length = None
@@ -261,24 +290,26 @@ class App:
                             f"Inference-Header-Content-Length must be a number, got {value[:20]!r}"
                         )
                     header_length = int(value)
-            batcher = model.batcher
-            batcher.arriving += 1
+            runtime = model.runtime
+            runtime.inputs.expect(1)
             try:
                 _content_type(scope, binary=header_length is not None)
-                req = codec.decode_v2(await self._read(scope, receive), header_length, model.signature)
+                req = runtime.inputs.decode_v2(
+                    await self._read(scope, receive), header_length, runtime.outputs
+                )
             finally:
-                batcher.arriving -= 1
-            probs, cached = await self._predict(model, req.x)
-        labels = _labels(model, probs)
-        body, head_len = codec.encode_v2(model.name, str(model.version), req, probs, labels)
+                runtime.inputs.expect(-1)
+            out, cached = await self._predict(model, req.x)
+        body, head_len = runtime.encode_v2(req, out)
         if head_len is None:
             return 200, body, [JSON, *cached]
         binary = (b"content-type", b"application/octet-stream")
         return 200, body, [binary, (b"inference-header-content-length", str(head_len).encode()), *cached]
 
     async def _predict(self, model: ServedModel, x: Any) -> tuple[Any, list[tuple[bytes, bytes]]]:
-        """(probabilities, extra headers): from the response cache, else from the model's batcher."""
+        """(outputs (R, O), extra headers): from the response cache, else from the model's runtime."""
         limit = self.config.max_queue_rows
+        runtime = model.runtime
         if len(x) > limit:  # would wait for room that can never be made: not a 503 to retry
             raise BadRequest(
                 f"request of {len(x)} rows is over the server's limit of {limit} queued rows "
@@ -286,24 +317,24 @@ class App:
                 413,
             )
         key = None
-        n_classes = len(model.signature.classes)
+        width = runtime.width
         if self.cache is not None:
             # The model's output is cached, not the encoded body: that echoes the request id and
-            # the output options, which are applied again to the cached probabilities.
-            key = cache_key(model.name, model.version, x, b"probabilities")
+            # the output options, which are applied again to the cached outputs.
+            key = cache_key(model.name, model.version, runtime.inputs.cache_input(x), b"outputs")
             hit = await self.cache.get(key)
-            if hit is not None and len(hit) == len(x) * n_classes * 4:
-                return np.frombuffer(hit, dtype="<f4").reshape(len(x), n_classes), [(b"x-cache", b"hit")]
+            if hit is not None and len(hit) == len(x) * width * 4:
+                return np.frombuffer(hit, dtype="<f4").reshape(len(x), width), [(b"x-cache", b"hit")]
         deadline = time.monotonic() + self.config.timeout_ms / 1000
         try:
             async with asyncio.timeout(self.config.timeout_ms / 1000):  # no extra task, unlike wait_for
-                probs = await model.batcher.submit(x, deadline)
+                out = await runtime.infer(x, deadline)
         except TimeoutError:
             raise DeadlineExceeded from None
         if self.cache is None or key is None:
-            return probs, []
-        await self.cache.put(key, probs.astype("<f4", copy=False).tobytes())
-        return probs, [(b"x-cache", b"miss")]
+            return out, []
+        await self.cache.put(key, out.astype("<f4", copy=False).tobytes())
+        return out, [(b"x-cache", b"miss")]
 
     async def _status_v1(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
         model = self._model(route)
@@ -312,18 +343,20 @@ class App:
             "state": "AVAILABLE",
             "status": {"error_code": "OK", "error_message": ""},
         }
-        return 200, orjson.dumps({"model_version_status": [state]}), [JSON]
+        # OpenAI's GET /v1/models/{m} shares the path: its fields ride along.
+        return 200, orjson.dumps({"model_version_status": [state], **model_object(model)}), [JSON]
 
     async def _predict_v1(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
         with self._holding(route) as model:
             _content_type(scope, binary=False)
-            model.batcher.arriving += 1
+            runtime = model.runtime
+            runtime.inputs.expect(1)
             try:
-                x, columnar = codec.decode_v1(await self._read(scope, receive), model.signature)
+                x, columnar = runtime.decode_v1(await self._read(scope, receive))
             finally:
-                model.batcher.arriving -= 1
-            probs, cached = await self._predict(model, x)
-        return 200, codec.encode_v1(probs, _labels(model, probs), columnar), [JSON, *cached]
+                runtime.inputs.expect(-1)
+            out, cached = await self._predict(model, x)
+        return 200, runtime.encode_v1(out, columnar), [JSON, *cached]
 
     async def _index(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
         index = [
@@ -343,6 +376,27 @@ class App:
         await self._read(scope, receive)
         await self.repo.admin_unload(route.model or "")
         return 200, orjson.dumps({"unloaded": route.model}), [JSON]
+
+
+async def _stream(receive: Receive, send: Send, status: int, headers: list[Any], stream: Stream) -> None:
+    """Send a streamed answer chunk by chunk; a client that goes away cancels it (its slot is freed)."""
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    finished = False
+
+    def gone(task: asyncio.Future[None]) -> None:
+        if not finished and not task.cancelled():
+            stream.cancel()
+
+    watcher = asyncio.ensure_future(until_disconnect(receive))
+    watcher.add_done_callback(gone)
+    try:
+        async for chunk in stream.chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finished = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        finished = True
+        watcher.cancel()
 
 
 def _log(line: str, exc: BaseException | None = None) -> None:
@@ -379,21 +433,13 @@ def _content_type(scope: dict[str, Any], binary: bool) -> None:
                 raise BadRequest(f"Content-Type {kind.decode('latin-1')[:60]!r} is not supported here", 415)
 
 
-def _labels(model: ServedModel, probs: Any) -> list[str]:
-    classes = model.signature.classes
-    return [classes[i] for i in probs.argmax(axis=1).tolist()]
-
-
 def _metadata(model: ServedModel) -> dict[str, Any]:
-    sig = model.signature
+    runtime = model.runtime
     return {
         "name": model.name,
         "versions": [str(model.version)],
         "platform": "pytorch",
-        "inputs": [{"name": codec.INPUT_NAME, "datatype": "FP32", "shape": [-1, *sig.input_shape]}],
-        "outputs": [
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(sig.classes)]},
-            {"name": "label", "datatype": "BYTES", "shape": [-1]},
-        ],
-        "parameters": {"classes": list(sig.classes), "reference": model.requested},
+        "inputs": runtime.inputs.metadata(),
+        "outputs": runtime.output_metadata(),
+        "parameters": {"kind": runtime.kind, **runtime.parameters(), "reference": model.requested},
     }

@@ -49,6 +49,7 @@ class Batcher:
         max_delay_s: float,
         max_queue_rows: int,
         on_batch: Callable[[int], None] | None = None,
+        pool: ThreadPoolExecutor | None = None,
     ) -> None:
         self._run = run
         self.name = name
@@ -62,7 +63,9 @@ class Batcher:
         self.arriving = 0
         """Requests accepted but not yet queued (body still being read or decoded)."""
         self._wake = asyncio.Event()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="skylift-model")
+        # One model thread; batchers of one model (a text model's length buckets) may share it.
+        self._owns_pool = pool is None
+        self._pool = pool or ThreadPoolExecutor(1, thread_name_prefix="skylift-model")
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -75,7 +78,8 @@ class Batcher:
         self._wake.set()
         if self._task:
             await self._task
-        self._pool.shutdown(wait=True)
+        if self._owns_pool:
+            self._pool.shutdown(wait=True)
 
     async def submit(self, x_RS: np.ndarray, deadline: float) -> np.ndarray:
         """Outputs for every row of x_RS, computed in one or more batches."""

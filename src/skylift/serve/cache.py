@@ -35,15 +35,16 @@ _KEY_FORMAT = b"skylift-cache-key/1\0"  # bump when the hashed layout changes: o
 _T = TypeVar("_T")
 
 
-def cache_key(model: str, version: int, x: np.ndarray, options: bytes) -> bytes:
+def cache_key(model: str, version: int, x: np.ndarray | bytes, options: bytes) -> bytes:
     """`model:version:` then the SHA-256 hex of the canonical input and the output options.
 
     The input is hashed as float32 little-endian C-order bytes with its shape, so the same values
     give the same key whatever the caller's dtype, byte order or memory layout; values that differ
-    in any bit (including 0.0 vs -0.0) give different keys. `options` is everything else that
-    changes the answer's bytes (requested outputs, binary or JSON, ...).
+    in any bit (including 0.0 vs -0.0) give different keys. Bytes (a text model's inputs, as one
+    BYTES tensor) are hashed as they are, as a 1-D uint8 "shape". `options` is everything else
+    that changes the answer's bytes (requested outputs, binary or JSON, ...).
     """
-    x_c = np.asarray(x, dtype="<f4", order="C")
+    x_c = np.frombuffer(x, dtype=np.uint8) if isinstance(x, bytes) else np.asarray(x, dtype="<f4", order="C")
     h = hashlib.sha256(_KEY_FORMAT)
     # Lengths first, so no (shape, options, data) split can collide with another.
     h.update(struct.pack(f"<Q{x_c.ndim}QQ", x_c.ndim, *x_c.shape, len(options)))

@@ -1,8 +1,8 @@
 """Wire formats: KServe V2 / Open Inference Protocol (JSON and binary tensors) and TF-Serving REST.
 
-Requests decode straight into one float32 array x_RS (R rows, S... the model's per-sample shape);
-responses carry two outputs: `probabilities` (FP32 [R, C], softmax of the logits) and `label`
-(BYTES [R], the class names).
+Requests decode straight into one float32 array x_RS (R rows, S... the model's per-sample shape),
+or into a list of R texts (a `BYTES` tensor, TF-Serving strings); responses carry the runtime's
+named outputs: FP32 arrays (R, ...) or BYTES lists of R strings.
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ import numpy as np
 import orjson
 
 OUTPUTS = ("probabilities", "label")
+"""A classifier's outputs."""
 INPUT_NAME = "input"
+TEXT_NAME = "text"
+_WHERE = f"input '{INPUT_NAME}'"  # built once: it is on every request's path
 # V2 datatypes a client may send; all are converted to the model's float32.
 DTYPES = {
     "FP32": np.float32,
@@ -56,7 +59,8 @@ class Signature:
 
 @dataclass(frozen=True)
 class V2Request:
-    x: np.ndarray
+    x: Any
+    """float32 rows (R, S...) or a list of R texts."""
     outputs: tuple[tuple[str, bool], ...]
     """(name, binary) of each output to return, in order."""
     request_id: str | None
@@ -94,8 +98,10 @@ def _shape(value: Any, where: str) -> list[int]:
     return value
 
 
-def decode_v2(body: bytes, header_length: int | None, sig: Signature) -> V2Request:
-    """A V2 infer request: JSON tensors, or a JSON header plus binary tensor data."""
+def _v2_input(
+    body: bytes, header_length: int | None, input_name: str
+) -> tuple[dict[str, Any], dict[str, Any], bytes | None]:
+    """(JSON header, the one input tensor's spec, its binary data or None) of a V2 infer request."""
     if header_length is not None and not 0 < header_length <= len(body):
         raise BadRequest(
             f"Inference-Header-Content-Length {header_length} is outside the body's {len(body)} bytes"
@@ -105,34 +111,46 @@ def decode_v2(body: bytes, header_length: int | None, sig: Signature) -> V2Reque
         raise BadRequest("request must be a JSON object with an 'inputs' list")
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise BadRequest(f"'inputs' must be a list of exactly one tensor named '{INPUT_NAME}'")
+        raise BadRequest(f"'inputs' must be a list of exactly one tensor named '{input_name}'")
     spec = inputs[0]
-    if spec.get("name") != INPUT_NAME:
-        raise BadRequest(f"unknown input {spec.get('name')!r:.60}: the model's input is '{INPUT_NAME}'")
-    where = f"input '{INPUT_NAME}'"
+    if spec.get("name") != input_name:
+        raise BadRequest(f"unknown input {spec.get('name')!r:.60}: the model's input is '{input_name}'")
+    params = spec.get("parameters") or {}
+    binary_size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if binary_size is None:
+        if header_length is not None and header_length != len(body):
+            raise BadRequest(
+                f"{len(body) - header_length} bytes after the JSON header but no binary_data_size"
+            )
+        return header, spec, None
+    if header_length is None:
+        raise BadRequest(
+            f"input '{input_name}' has binary_data_size but no Inference-Header-Content-Length header"
+        )
+    blob = body[header_length:]
+    if type(binary_size) is not int or binary_size != len(blob):
+        raise BadRequest(
+            f"input '{input_name}'.binary_data_size {binary_size!r:.30} != {len(blob)} bytes after the header"
+        )
+    return header, spec, blob
+
+
+def decode_v2(
+    body: bytes, header_length: int | None, sig: Signature, outputs: tuple[str, ...] = OUTPUTS
+) -> V2Request:
+    """A V2 infer request of numeric rows: JSON tensors, or a JSON header plus binary tensor data."""
+    header, spec, blob = _v2_input(body, header_length, INPUT_NAME)
+    where = _WHERE
     shape = _shape(spec.get("shape"), where)
     datatype = spec.get("datatype")
     dtype = DTYPES.get(datatype) if isinstance(datatype, str) else None  # a list or dict is unhashable
     if dtype is None:
         raise BadRequest(f"{where}.datatype {datatype!r:.30} is not one of {', '.join(DTYPES)}")
-    params = spec.get("parameters") or {}
-    binary_size = params.get("binary_data_size") if isinstance(params, dict) else None
-    if binary_size is not None:
-        if header_length is None:
-            raise BadRequest(f"{where} has binary_data_size but no Inference-Header-Content-Length header")
-        blob = body[header_length:]
-        if type(binary_size) is not int or binary_size != len(blob):
-            raise BadRequest(
-                f"{where}.binary_data_size {binary_size!r} != {len(blob)} bytes after the header"
-            )
+    if blob is not None:
         if len(blob) % np.dtype(dtype).itemsize:
             raise BadRequest(f"{where}: {len(blob)} bytes is not a whole number of {spec['datatype']} values")
         x = np.frombuffer(blob, dtype=np.dtype(dtype).newbyteorder("<"))
     else:
-        if header_length is not None and header_length != len(body):
-            raise BadRequest(
-                f"{len(body) - header_length} bytes after the JSON header but no binary_data_size"
-            )
         data = spec.get("data")
         if not isinstance(data, list):
             raise BadRequest(f"{where}.data must be a list of numbers, got {type(data).__name__}")
@@ -144,7 +162,65 @@ def decode_v2(body: bytes, header_length: int | None, sig: Signature) -> V2Reque
     if math.prod(shape[1:]) != sig.features:
         raise BadRequest(f"{where}.shape {shape} does not match the model's input {[-1, *sig.input_shape]}")
     x = _rows(x, sig, shape[0], where)
-    return V2Request(x, _requested_outputs(header), _request_id(header))
+    return V2Request(x, _requested_outputs(header, outputs), _request_id(header))
+
+
+def decode_v2_text(
+    body: bytes, header_length: int | None, outputs: tuple[str, ...], input_name: str = TEXT_NAME
+) -> V2Request:
+    """A V2 infer request of texts: a BYTES tensor [R] or [R, 1], JSON strings or binary elements
+    (each a 4-byte little-endian length and its bytes); every text must be UTF-8."""
+    header, spec, blob = _v2_input(body, header_length, input_name)
+    where = f"input '{input_name}'"
+    shape = _shape(spec.get("shape"), where)
+    if spec.get("datatype") != "BYTES":
+        raise BadRequest(f"{where}.datatype must be BYTES (UTF-8 texts), got {spec.get('datatype')!r:.30}")
+    if math.prod(shape[1:]) != 1:
+        raise BadRequest(f"{where}.shape {shape} must be [rows] or [rows, 1]: one text per row")
+    if blob is not None:
+        texts = _split_bytes_tensor(blob, where)
+    else:
+        data = spec.get("data")
+        texts = _flat_strings(data, where)
+    if len(texts) != shape[0]:
+        raise BadRequest(f"{where}: {len(texts)} texts for shape {shape}")
+    return V2Request(_texts(texts, shape[0], where), _requested_outputs(header, outputs), _request_id(header))
+
+
+def _flat_strings(data: Any, where: str) -> list[Any]:
+    """JSON `data` as a flat list (clients send [R] or [[t], [t], ...] for shape [R, 1])."""
+    if not isinstance(data, list):
+        raise BadRequest(f"{where}.data must be a list of strings, got {type(data).__name__}")
+    if data and all(isinstance(d, list) and len(d) == 1 for d in data):
+        return [d[0] for d in data]
+    return data
+
+
+def _split_bytes_tensor(blob: bytes, where: str) -> list[Any]:
+    """The elements of a binary BYTES tensor (see bytes_tensor), as UTF-8 strings."""
+    texts: list[Any] = []
+    at = 0
+    while at < len(blob):
+        if at + 4 > len(blob):
+            raise BadRequest(f"{where}: binary BYTES data ends inside an element's 4-byte length")
+        (n,) = struct.unpack_from("<I", blob, at)
+        if at + 4 + n > len(blob):
+            raise BadRequest(f"{where}: element {len(texts)} of {n} bytes runs past the binary data")
+        try:
+            texts.append(blob[at + 4 : at + 4 + n].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise BadRequest(f"{where}: element {len(texts)} is not UTF-8 text") from None
+        at += 4 + n
+    return texts
+
+
+def _texts(texts: list[Any], rows: int, where: str) -> list[str]:
+    if rows < 1:
+        raise BadRequest(f"{where}: needs at least one text")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise BadRequest(f"{where}: element {i} is a {type(t).__name__}, not a string")
+    return texts
 
 
 def _request_id(header: dict[str, Any]) -> str | None:
@@ -152,26 +228,26 @@ def _request_id(header: dict[str, Any]) -> str | None:
     return rid if isinstance(rid, str) and len(rid) <= 256 else None
 
 
-def _requested_outputs(header: dict[str, Any]) -> tuple[tuple[str, bool], ...]:
+def _requested_outputs(header: dict[str, Any], names: tuple[str, ...]) -> tuple[tuple[str, bool], ...]:
     params = header.get("parameters")
     default_binary = bool(params.get("binary_data_output")) if isinstance(params, dict) else False
     asked = header.get("outputs")
     if asked is None:
-        return tuple((name, default_binary) for name in OUTPUTS)
+        return tuple((name, default_binary) for name in names)
     if not isinstance(asked, list) or not asked:
         raise BadRequest("'outputs' must be a non-empty list of {name, parameters}")
     chosen = []
     for out in asked:
         name = out.get("name") if isinstance(out, dict) else None
-        if name not in OUTPUTS:
-            raise BadRequest(f"unknown output {name!r:.40}: the model's outputs are {', '.join(OUTPUTS)}")
+        if name not in names:
+            raise BadRequest(f"unknown output {name!r:.40}: the model's outputs are {', '.join(names)}")
         p = out.get("parameters")
         binary = p.get("binary_data", default_binary) if isinstance(p, dict) else default_binary
         chosen.append((name, bool(binary)))
     return tuple(chosen)
 
 
-def _bytes_tensor(labels: list[str]) -> bytes:
+def bytes_tensor(labels: list[str]) -> bytes:
     """V2 BYTES binary layout: each element a 4-byte little-endian length, then its bytes."""
     parts = []
     for text in labels:
@@ -181,26 +257,27 @@ def _bytes_tensor(labels: list[str]) -> bytes:
 
 
 def encode_v2(
-    model: str, version: str, req: V2Request, probs_RC: np.ndarray, labels: list[str]
+    model: str, version: str, req: V2Request, named: dict[str, np.ndarray | list[str]]
 ) -> tuple[bytes, int | None]:
-    """(body, JSON header length for binary outputs or None) of a V2 infer response."""
-    rows = probs_RC.shape[0]
+    """(body, JSON header length for binary outputs or None) of a V2 infer response.
+
+    `named`: each output the runtime gives, an FP32 array (R, ...) or a list of R strings (BYTES).
+    """
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for name, binary in req.outputs:
-        if name == "probabilities":
-            out: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(probs_RC.shape)}
-            value: Any = probs_RC
-            raw = probs_RC.astype("<f4", copy=False).tobytes() if binary else b""
+        value = named[name]
+        if isinstance(value, np.ndarray):
+            out: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(value.shape)}
+            raw = value.astype("<f4", copy=False).tobytes() if binary else b""
         else:
-            out = {"name": name, "datatype": "BYTES", "shape": [rows]}
-            value = labels
-            raw = _bytes_tensor(labels) if binary else b""
+            out = {"name": name, "datatype": "BYTES", "shape": [len(value)]}
+            raw = bytes_tensor(value) if binary else b""
         if binary:
             out["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
-            out["data"] = value.ravel() if name == "probabilities" else value
+            out["data"] = value.ravel() if isinstance(value, np.ndarray) else value
         outputs.append(out)
     response: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": outputs}
     if req.request_id is not None:
@@ -238,11 +315,39 @@ def decode_v1(body: bytes, sig: Signature) -> tuple[np.ndarray, bool]:
     return _rows(x, sig, x.shape[0], "instances" if not columnar else "inputs"), columnar
 
 
-def encode_v1(probs_RC: np.ndarray, labels: list[str], columnar: bool) -> bytes:
+def decode_v1_text(body: bytes) -> tuple[list[str], bool]:
+    """A TF-Serving `:predict` request of texts -> (texts, columnar): `instances` as strings or
+    {"text": s} objects, or `inputs` as a list of strings or {"text": [...]}."""
+    req = _loads(body)
+    if not isinstance(req, dict) or ("instances" in req) == ("inputs" in req):
+        raise BadRequest("request must be a JSON object with either 'instances' or 'inputs'")
+    columnar = "inputs" in req
+    data = req["inputs" if columnar else "instances"]
+    if isinstance(data, dict):
+        if set(data) != {TEXT_NAME}:
+            raise BadRequest(f"unknown input(s) {sorted(data)!r:.60}: the model's input is '{TEXT_NAME}'")
+        data = data[TEXT_NAME]
+    elif isinstance(data, str):
+        data = [data]
+    if not isinstance(data, list):
+        raise BadRequest("'instances' / 'inputs' must be a list of strings")
+    if not columnar:  # each instance a string or {"text": string}
+        if any(isinstance(r, dict) and set(r) != {TEXT_NAME} for r in data):
+            raise BadRequest(f"each instance must be a string or {{'{TEXT_NAME}': string}}")
+        data = [r[TEXT_NAME] if isinstance(r, dict) else r for r in data]
+    where = "inputs" if columnar else "instances"
+    return _texts(data, len(data), where), columnar
+
+
+def encode_v1(named: dict[str, np.ndarray | list[str]], columnar: bool) -> bytes:
+    """TF-Serving's answer: one output as bare rows, several as one object per row (or columns)."""
     if columnar:
-        payload: Any = {"outputs": {"probabilities": probs_RC, "label": labels}}
+        payload: Any = {"outputs": named if len(named) > 1 else next(iter(named.values()))}
+    elif len(named) == 1:
+        payload = {"predictions": next(iter(named.values()))}
     else:
+        names = list(named)
         payload = {
-            "predictions": [{"probabilities": p, "label": c} for p, c in zip(probs_RC, labels, strict=True)]
+            "predictions": [dict(zip(names, row, strict=True)) for row in zip(*named.values(), strict=True)]
         }
     return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)

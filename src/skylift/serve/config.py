@@ -25,8 +25,14 @@ class ServeConfig:
     port: int = 8000
     replicas: int = 2
     max_batch_rows: int = 64
+    max_batch_tokens: int = 8192
+    """Tokens per batch of a text model (rows x their length bucket), besides max_batch_rows."""
     max_delay_ms: float = 2.0
     max_queue_rows: int = 4096
+    max_running: int = 32
+    """Sequences a generator decodes together (each holds a KV-cache slot), per replica."""
+    max_waiting: int = 256
+    """Generation requests queued for a slot per replica; past it 503 with Retry-After."""
     timeout_ms: int = 30_000
     max_body_mb: float = 16.0
     max_requests: int = 0
@@ -70,6 +76,9 @@ class ServeConfig:
         for name, value, low in (
             ("--replicas", self.replicas, 1),
             ("--max-batch-rows", self.max_batch_rows, 1),
+            ("--max-batch-tokens", self.max_batch_tokens, 1),
+            ("--max-running", self.max_running, 1),
+            ("--max-waiting", self.max_waiting, 0),
             ("--max-queue-rows", self.max_queue_rows, 1),
             ("--timeout-ms", self.timeout_ms, 1),
             ("--port", self.port, 0),

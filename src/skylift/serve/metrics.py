@@ -40,6 +40,8 @@ class Metrics:
         self.batch_rows = 0
         self.extra: dict[str, float] = {}
         """Gauges and counters set by others, e.g. queue depth, cache hits."""
+        self.histograms: dict[str, tuple[tuple[float, ...], tuple[int, ...], float]] = {}
+        """Histograms set by others (a generator's latencies): name -> (bounds, counts per bucket, sum)."""
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         self.requests[f"{route}|{status}"] += 1
@@ -60,6 +62,7 @@ class Metrics:
             "batch_rows": self.batch_rows,
             "rss_bytes": rss_bytes(),
             "extra": self.extra,
+            "histograms": self.histograms,
         }
 
     def publish(self) -> None:
@@ -124,6 +127,14 @@ def _render(snaps: list[dict[str, Any]]) -> str:
         "# TYPE skylift_replica_rss_bytes gauge",
     ]
     lines += [f'skylift_replica_rss_bytes{{replica="{s["replica"]}"}} {s["rss_bytes"]}' for s in snaps]
+    for name in sorted({k for s in snaps for k in s.get("histograms", {})}):
+        lines.append(f"# TYPE skylift_{name} histogram")
+        for s in snaps:
+            if name in s.get("histograms", {}):
+                bounds, counts, total = s["histograms"][name]
+                _histogram(
+                    lines, f"skylift_{name}", f'replica="{s["replica"]}"', tuple(bounds), list(counts), total
+                )
     names = sorted({k for s in snaps for k in s["extra"]})
     for name in names:
         lines.append(f"# TYPE skylift_{name} {'counter' if name.endswith('_total') else 'gauge'}")

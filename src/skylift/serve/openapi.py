@@ -33,6 +33,7 @@ def openapi(auth: bool = True) -> dict[str, Any]:
     """The document; `auth` False (a --no-auth server) leaves out the API key security schemes."""
     v2_infer = "#/components/schemas/V2InferRequest"
     v1_predict = "#/components/schemas/V1PredictRequest"
+    openai = "#/components/schemas/OpenAIRequest"
     paths: dict[str, Any] = {
         "/v2/health/live": {"get": {**_op("liveness"), "security": []}},
         "/v2/health/ready": {"get": _op("readiness: every model loaded and warmed up")},
@@ -59,6 +60,14 @@ def openapi(auth: bool = True) -> dict[str, Any]:
         "/v1/models/{model}:predict": {"post": _op("TF-Serving predict", body=v1_predict, params=(_M,))},
         "/v1/models/{model}/versions/{version}:predict": {
             "post": _op("TF-Serving predict on a version", body=v1_predict, params=(_M, _V))
+        },
+        "/v1/models": {"get": _op("OpenAI: the served models")},
+        "/v1/embeddings": {"post": _op("OpenAI: embeddings of texts (embedders)", body=openai)},
+        "/v1/completions": {
+            "post": _op("OpenAI: text completion, streamed as server-sent events (generators)", body=openai)
+        },
+        "/v1/chat/completions": {
+            "post": _op("OpenAI: chat completion, streamed as server-sent events (generators)", body=openai)
         },
         "/metrics": {"get": _op("Prometheus metrics")},
         "/openapi.json": {"get": _op("this document")},
@@ -100,6 +109,12 @@ def openapi(auth: bool = True) -> dict[str, Any]:
                         "outputs": {"type": "array", "items": {"type": "object"}},
                         "parameters": {"type": "object"},
                     },
+                },
+                "OpenAIRequest": {
+                    "type": "object",
+                    "required": ["model"],
+                    "description": "OpenAI's request body; errors on /v1/* are OpenAI's error object",
+                    "properties": {"model": {"type": "string"}},
                 },
                 "V1PredictRequest": {
                     "type": "object",

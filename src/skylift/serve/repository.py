@@ -17,12 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from skylift import _atomic
 from skylift.errors import ModelNotFound
-from skylift.serve.batcher import Batcher
-from skylift.serve.codec import Signature
+from skylift.serve.runtimes import RUNTIMES, Context, Runtime, check_servable, kind_of
+from skylift.serve.runtimes._base import Histogram
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -40,40 +38,11 @@ class ServedModel:
     version: int
     requested: str
     """The reference the operator asked for, e.g. mnist-mlp@production."""
-    signature: Signature
-    batcher: Batcher
+    runtime: Runtime
+    """The model's kind: decodes its requests, runs its batches, encodes its answers."""
     info: dict[str, Any]
     in_flight: int = 0
     """Requests that looked this version up and have no answer yet; a swap retires it after them."""
-
-
-def _torch_runner(module: Any) -> Any:
-    import torch
-
-    def run(x_RS: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            logits_RC = module(torch.from_numpy(x_RS))
-            return torch.softmax(logits_RC.float(), dim=-1).numpy()
-
-    return run
-
-
-def _onnx_runner(path: Path, threads: int) -> Any:
-    """onnxruntime over the exported model; softmax of the logits in numpy."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def run(x_RS: np.ndarray) -> np.ndarray:
-        logits_RC: np.ndarray = np.asarray(session.run(None, {"input": x_RS})[0], dtype=np.float32)
-        z_RC: np.ndarray = np.exp(logits_RC - logits_RC.max(axis=1, keepdims=True))
-        probs_RC: np.ndarray = z_RC / z_RC.sum(axis=1, keepdims=True)
-        return probs_RC
-
-    return run
 
 
 class Repository:
@@ -96,29 +65,11 @@ class Repository:
     def _load(self, name: str, version: int, requested: str) -> ServedModel:
         from skylift.registry import Registry
 
-        registry = Registry(self.config.home, self.config.master_key)
-        loaded = registry.load(f"{name}:{version}")
-        sig = Signature(tuple(loaded.input_shape), tuple(str(c) for c in loaded.classes))
-        if self.config.runtime == "onnx":
-            # Exported from the verified load into the server's private state folder.
-            path = registry.export(
-                f"{name}:{version}", "onnx", self.config.state_dir / f"{name}-{version}.onnx"
-            )
-            run = _onnx_runner(path, self.config.threads)
-        else:
-            run = _torch_runner(loaded.module)
-        c = self.config
-        for rows in (1, c.max_batch_rows):  # warm-up: first calls allocate and pick kernels
-            run(np.zeros((rows, *sig.input_shape), dtype=np.float32))
-        batcher = Batcher(
-            run,
-            name=f"{name}:{version}",
-            max_rows=c.max_batch_rows,
-            max_delay_s=c.max_delay_ms / 1000,
-            max_queue_rows=c.max_queue_rows,
-            on_batch=self.metrics.observe_batch,
-        )
-        return ServedModel(name, version, requested, sig, batcher, loaded.info)
+        loaded = Registry(self.config.home, self.config.master_key).load(f"{name}:{version}")
+        check_servable(loaded.info, loaded.ref, self.config.runtime)  # an admin load may name any version
+        ctx = Context(name, version, loaded, self.config, self.metrics)
+        runtime = RUNTIMES[kind_of(loaded.info)](ctx)
+        return ServedModel(name, version, requested, runtime, loaded.info)
 
     def resolve(self, requested: str) -> tuple[str, int]:
         from skylift.registry import Registry
@@ -134,7 +85,7 @@ class Repository:
                 continue
             # Loading (hashing, decrypting, warm-up) runs off the event loop: requests keep flowing.
             model = await loop.run_in_executor(None, self._load, name, want["version"], want["ref"])
-            model.batcher.start()
+            model.runtime.start()
             self.models[name] = model
             if current:
                 self._retire(current)
@@ -208,10 +159,28 @@ class Repository:
                 await self.sync()
             except Exception as exc:  # a bad reload must not take the serving models down
                 print(f"skylift serve: reload failed: {exc}", flush=True)
-            self.metrics.extra["queue_rows"] = sum(m.batcher.queued_rows for m in self.models.values())
+            self.metrics.extra["queue_rows"] = sum(m.runtime.inputs.queued_rows for m in self.models.values())
+            self._runtime_metrics()
             if cache is not None:
                 self.metrics.extra.update({f"cache_{k}": v for k, v in cache.stats().items()})
             self.metrics.publish()
+
+    def _runtime_metrics(self) -> None:
+        """The runtimes' own figures (a generator's sequences, tokens, latencies), summed over models."""
+        gauges: dict[str, float] = {}
+        histograms: dict[str, Histogram] = {}
+        for model in self.models.values():
+            for name, value in model.runtime.gauges().items():
+                gauges[name] = gauges.get(name, 0) + value
+            for name, (bounds, counts, total) in model.runtime.histograms().items():
+                _, seen, seen_total = histograms.get(name, (bounds, (0,) * len(counts), 0.0))
+                histograms[name] = (
+                    bounds,
+                    tuple(a + b for a, b in zip(seen, counts, strict=True)),
+                    seen_total + total,
+                )
+        self.metrics.extra.update(gauges)
+        self.metrics.histograms = histograms
 
 
 async def _retire(model: ServedModel) -> None:
@@ -220,9 +189,9 @@ async def _retire(model: ServedModel) -> None:
     Requests that looked it up before the swap hold it (`in_flight`) until they have their answer,
     whatever they await meanwhile (the body, the Redis cache, the batcher); new ones see the new
     model. Wait for them (30 s at most: a client may send its body that slowly), then stop the
-    batcher, which answers what is still queued.
+    runtime, whose batchers answer what is still queued.
     """
     deadline = time.monotonic() + 30
     while model.in_flight and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
-    await model.batcher.stop()
+    await model.runtime.stop()

@@ -33,6 +33,8 @@ def match(path: str) -> Route:
     """The route of a request path (as decoded by the server); never raises."""
     parts = path.strip("/").split("/")
     route = _v2(parts[1:]) if parts[0] == "v2" else _v1(parts[2:]) if parts[:2] == ["v1", "models"] else None
+    if route is None and parts[0] == "v1":
+        route = _openai(parts[1:])
     if route is None and len(parts) == 1:
         if parts[0] == "metrics":
             route = Route("metrics", "metrics", "GET")
@@ -91,3 +93,18 @@ def _v1(parts: list[str]) -> Route | None:
     if verb == "predict":
         return Route("v1/models/predict", "predict", "POST", model, version)
     return Route(UNMATCHED, "predict", error=f"unsupported verb :{verb[:20]} (only :predict)")
+
+
+# OpenAI-compatible routes: the model is named in the body. GET /v1/models/{m} is TF-Serving's
+# status route, whose answer also carries OpenAI's model fields.
+_OPENAI = {
+    ("models",): ("openai/models", "GET"),
+    ("embeddings",): ("openai/embeddings", "POST"),
+    ("completions",): ("openai/completions", "POST"),
+    ("chat", "completions"): ("openai/chat", "POST"),
+}
+
+
+def _openai(parts: list[str]) -> Route | None:
+    found = _OPENAI.get(tuple(parts))
+    return Route(found[0], "predict", found[1]) if found else None

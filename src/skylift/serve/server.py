@@ -40,6 +40,7 @@ def _replica(config: ServeConfig, sock: socket.socket, index: int, buckets: Shar
     import uvicorn
     import uvloop
 
+    from skylift.data._tokenizer import limit_threads
     from skylift.serve.app import App
     from skylift.serve.cache import make_cache
     from skylift.serve.metrics import Metrics, rss_bytes
@@ -47,6 +48,7 @@ def _replica(config: ServeConfig, sock: socket.socket, index: int, buckets: Shar
     from skylift.serve.repository import Repository
 
     torch.set_num_threads(config.threads)
+    limit_threads(config.threads)  # the tokenizers' thread pool, for text models
     metrics = Metrics(index, config.state_dir)
     repo = Repository(config, metrics)
     app = App(config, repo, metrics)
@@ -145,6 +147,7 @@ def _initial_state(config: ServeConfig) -> dict[str, dict[str, object]]:
     """Resolve and verify every requested model before any replica starts; one line on failure."""
     from skylift.errors import IntegrityError
     from skylift.registry import Registry
+    from skylift.serve.runtimes import check_servable
 
     registry = Registry(config.home, config.master_key)
     models: dict[str, dict[str, object]] = {}
@@ -155,24 +158,9 @@ def _initial_state(config: ServeConfig) -> dict[str, dict[str, object]]:
             raise IntegrityError(f"{name}:{version}: {checked.problems[0]}")
         if name in models:
             raise SkyliftError(f"model {name} is given twice; serve one version per model name")
-        _check_servable(checked.info, f"{name}:{version}")
+        check_servable(checked.info, f"{name}:{version}", config.runtime)
         models[name] = {"ref": ref, "version": version}
     return models
-
-
-def _check_servable(info: dict[str, Any], ref: str) -> None:
-    """SpecError unless the version is a classifier over numeric features: the one runtime built."""
-    from skylift.errors import SpecError
-
-    found = info.get("data")
-    data: dict[str, Any] = found if isinstance(found, dict) else {}
-    task, text = str(info.get("task", "classification")), data.get("input") == "text"
-    if task != "classification" or text:
-        what = f"a {'text ' if text else ''}{task.replace('_', ' ')} model"
-        raise SpecError(
-            f"{ref} is {what}: skylift serve runs classifiers over numeric features so far "
-            "(evaluate and predict take every task)"
-        )
 
 
 class Supervisor:

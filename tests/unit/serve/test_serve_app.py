@@ -5,18 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import pytest
+import torch
 
 from skylift.security.apikeys import KeyStore
 from skylift.serve.app import App
-from skylift.serve.batcher import Batcher
-from skylift.serve.codec import Signature
 from skylift.serve.config import ServeConfig
 from skylift.serve.metrics import Metrics
 from skylift.serve.repository import Repository, ServedModel
+from skylift.serve.runtimes import Context
+from skylift.serve.runtimes.classifier import Classifier
 
 
 def _app(tmp_path: Path, no_auth: bool = False) -> App:
@@ -54,14 +55,14 @@ def _call(app: App, method: str, path: str, key: str | None = None) -> tuple[int
     return asyncio.run(_request(app, method, path, key))
 
 
-class BrokenSignature:
-    """A model signature that fails the way a bug would, with a key-shaped string in its message."""
+class BrokenRuntime:
+    """A model runtime that fails the way a bug would, with a key-shaped string in its message."""
 
     def __init__(self, secret: str) -> None:
         self.secret = secret
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
+    def inputs(self) -> Any:
         raise RuntimeError(f"boom while holding {self.secret}")
 
 
@@ -70,7 +71,7 @@ def test_an_unexpected_error_is_a_json_500_logged_without_keys_and_counted(
 ) -> None:
     key, _ = KeyStore(tmp_path / "keys.json").create("app", ("predict", "metrics"))
     app = _app(tmp_path)
-    app.repo.models["m"] = ServedModel("m", 1, "m", BrokenSignature(key), None, {})  # type: ignore[arg-type]
+    app.repo.models["m"] = ServedModel("m", 1, "m", BrokenRuntime(key), {})  # type: ignore[arg-type]
     status, body = _call(app, "GET", "/v2/models/m", key)
     assert status == 500 and body == {"error": "internal server error (logged by the server)"}
     err = capsys.readouterr().err
@@ -82,11 +83,11 @@ def test_an_unexpected_error_is_a_json_500_logged_without_keys_and_counted(
     assert _call(app, "GET", "/v2/health/live")[0] == 200  # the app carries on
 
 
-def _model(x_RS: np.ndarray) -> np.ndarray:
+def _model(x_RS: torch.Tensor) -> torch.Tensor:
     """A model with a bug: it fails on any batch holding a negative value."""
     if (x_RS < 0).any():
         raise ValueError("negative input")
-    return np.full((len(x_RS), 2), 0.5, np.float32)
+    return torch.zeros((len(x_RS), 2))
 
 
 def test_a_model_that_fails_is_a_json_500_logged_with_its_version_and_counted(
@@ -99,13 +100,14 @@ def test_a_model_that_fails_is_a_json_500_logged_with_its_version_and_counted(
         return await _request(app, "POST", "/v2/models/m/infer", body=json.dumps(req).encode())
 
     async def go() -> list[tuple[int, dict[str, Any]]]:
-        batcher = Batcher(_model, name="m:3", max_rows=8, max_delay_s=0.0, max_queue_rows=64)
-        app.repo.models["m"] = ServedModel("m", 3, "m@production", Signature((2,), ("a", "b")), batcher, {})
-        batcher.start()
+        loaded = SimpleNamespace(input_shape=(2,), classes=["a", "b"], data={}, module=_model)
+        runtime = Classifier(Context("m", 3, loaded, app.config, app.metrics))  # type: ignore[arg-type]
+        app.repo.models["m"] = ServedModel("m", 3, "m@production", runtime, {})
+        runtime.start()
         try:
             return [await infer(-1.0), await infer(1.0)]
         finally:
-            await batcher.stop()
+            await runtime.stop()
 
     (bad, body), (good, _) = asyncio.run(go())
     assert bad == 500 and body == {"error": "internal server error (logged by the server)"}

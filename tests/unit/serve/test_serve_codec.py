@@ -74,7 +74,7 @@ def test_any_bytes_decode_or_raise_bad_request(body: bytes, header: int | None) 
 def test_binary_response_layout() -> None:
     probs = np.array([[0.1, 0.2, 0.7]], dtype=np.float32)
     req = V2Request(np.zeros((1, 4), np.float32), (("probabilities", True), ("label", True)), "r1")
-    body, n = encode_v2("m", "3", req, probs, ["c"])
+    body, n = encode_v2("m", "3", req, {"probabilities": probs, "label": ["c"]})
     assert n is not None
     head = json.loads(body[:n])
     assert head["id"] == "r1" and head["model_version"] == "3"
@@ -89,10 +89,10 @@ def test_v1_row_and_column_formats() -> None:
     x, columnar = decode_v1(b'{"inputs": {"input": [[1, 2, 3, 4], [5, 6, 7, 8]]}}', SIG)
     assert columnar and x.shape == (2, 4)
     probs = np.array([[0.5, 0.25, 0.25]], dtype=np.float32)
-    assert json.loads(encode_v1(probs, ["a"], False)) == {
+    assert json.loads(encode_v1({"probabilities": probs, "label": ["a"]}, False)) == {
         "predictions": [{"probabilities": [0.5, 0.25, 0.25], "label": "a"}]
     }
-    assert json.loads(encode_v1(probs, ["a"], True))["outputs"]["label"] == ["a"]
+    assert json.loads(encode_v1({"probabilities": probs, "label": ["a"]}, True))["outputs"]["label"] == ["a"]
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,10 @@ def test_every_route_is_documented() -> None:
         "v2/repository/unload",
         "v1/models/status",
         "v1/models/predict",
+        "openai/models",
+        "openai/embeddings",
+        "openai/completions",
+        "openai/chat",
         "metrics",
         "openapi",
     }
