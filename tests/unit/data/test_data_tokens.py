@@ -14,6 +14,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from skylift.data import TextTokenizer, TokenBlocks, TokenFile, read_corpus, tokenize_corpus
+from skylift.data._tokens import FORMAT
 from skylift.errors import DataError, SpecError
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -49,7 +50,7 @@ def test_documents_are_joined_by_end_of_text_in_a_uint16_file(tmp_path: Path) ->
     assert made.bytes_per_token == pytest.approx(15 / 11)
     sidecar = json.loads((tmp_path / "cache" / f"{made.path.stem}.json").read_text())
     assert sidecar == {
-        "format": 1,
+        "format": FORMAT,
         "dtype": "uint16",
         "count": 11,
         "text_bytes": 15,
