@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,19 @@ JSON_VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=10,
 )
+
+
+def skylift_process(home: Path, *args: str) -> subprocess.Popen[str]:
+    """`python -m skylift ARGS` over `home` in its own session (a test's kill never reaches pytest)."""
+    env = {**os.environ, "SKYLIFT_HOME": str(home), "COLUMNS": "120"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "skylift", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def finish(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str, str]:

@@ -21,20 +21,9 @@ from skylift.train.checkpoint import load
 from skylift.train.evaluation import evaluate_checkpoint_on
 from skylift.train.launch import Placement, launch
 from tests.conftest import EXAMPLE, finish, free_port
+from tests.conftest import skylift_process as _skylift
 
 SHORT = ("--set", "train.epochs=4", "--set", "train.threads=1")
-
-
-def _skylift(home: Path, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "SKYLIFT_HOME": str(home), "COLUMNS": "120"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "skylift", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # a test's kill never reaches pytest
-    )
 
 
 def _finish(proc: subprocess.Popen[str], timeout: float = 400) -> tuple[int, str, str]:

@@ -25,6 +25,7 @@ from skylift.train.fsdp import checkpoint_blocks, choose_strategy, ddp_bytes
 from skylift.train.loop import fit
 from skylift.train.run import RunDir
 from tests.conftest import finish
+from tests.conftest import skylift_process as _skylift
 from tests.integration.task_texts import PROSE
 
 pytestmark = pytest.mark.slow
@@ -71,18 +72,6 @@ def _spec(tmp: Path, name: str = "lm", dim: int = 32, **train: Any) -> Path:
     path = tmp / f"{name}-{dim}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
-
-
-def _skylift(home: Path, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "SKYLIFT_HOME": str(home), "COLUMNS": "120"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "skylift", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # a test's kill never reaches pytest
-    )
 
 
 def _train(home: Path, *args: str) -> str:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from skylift.serve import codec
+from skylift.serve.batcher import Batcher
 from skylift.serve.codec import BadRequest, V2Request
 
 if TYPE_CHECKING:
@@ -80,6 +81,34 @@ class Inputs(ABC):
 
     @abstractmethod
     async def stop(self) -> None: ...
+
+
+class Batched(Inputs):
+    """Inputs queued on one Batcher over `run` (float32 (R, O) for a batch), with the server's limits."""
+
+    def __init__(self, ctx: Context, run: Callable[[Any], np.ndarray]) -> None:
+        c = ctx.config
+        self.batcher = Batcher(
+            run,
+            name=f"{ctx.name}:{ctx.version}",
+            max_rows=c.max_batch_rows,
+            max_delay_s=c.max_delay_ms / 1000,
+            max_queue_rows=c.max_queue_rows,
+            on_batch=ctx.metrics.observe_batch,
+        )
+
+    @property
+    def queued_rows(self) -> int:
+        return self.batcher.queued_rows
+
+    def expect(self, requests: int) -> None:
+        self.batcher.arriving += requests
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
 
 
 class Runtime(ABC):

@@ -12,9 +12,8 @@ from typing import Any
 import numpy as np
 
 from skylift.serve import codec
-from skylift.serve.batcher import Batcher
 from skylift.serve.codec import Signature, V2Request
-from skylift.serve.runtimes._base import Context, Inputs
+from skylift.serve.runtimes._base import Batched, Context
 
 Run = Callable[[np.ndarray], np.ndarray]
 
@@ -65,7 +64,7 @@ def model_run(ctx: Context, softmax: bool) -> Run:
     return torch_run(ctx.loaded.module, softmax)
 
 
-class NumericRows(Inputs):
+class NumericRows(Batched):
     """Tensor `input` (V2, any numeric datatype) or TF-Serving rows, as float32 (R, *input_shape)."""
 
     def __init__(self, ctx: Context, run: Run) -> None:
@@ -73,14 +72,7 @@ class NumericRows(Inputs):
         self.signature = Signature(tuple(ctx.loaded.input_shape), ())
         for rows in (1, c.max_batch_rows):  # warm-up: first calls allocate and pick kernels
             run(np.zeros((rows, *self.signature.input_shape), dtype=np.float32))
-        self.batcher = Batcher(
-            run,
-            name=f"{ctx.name}:{ctx.version}",
-            max_rows=c.max_batch_rows,
-            max_delay_s=c.max_delay_ms / 1000,
-            max_queue_rows=c.max_queue_rows,
-            on_batch=ctx.metrics.observe_batch,
-        )
+        super().__init__(ctx, run)
 
     def metadata(self) -> list[dict[str, Any]]:
         return [{"name": codec.INPUT_NAME, "datatype": "FP32", "shape": [-1, *self.signature.input_shape]}]
@@ -96,16 +88,3 @@ class NumericRows(Inputs):
 
     def submit(self, x: np.ndarray, deadline: float) -> Awaitable[np.ndarray]:
         return self.batcher.submit(x, deadline)
-
-    @property
-    def queued_rows(self) -> int:
-        return self.batcher.queued_rows
-
-    def expect(self, requests: int) -> None:
-        self.batcher.arriving += requests
-
-    def start(self) -> None:
-        self.batcher.start()
-
-    async def stop(self) -> None:
-        await self.batcher.stop()

@@ -18,9 +18,8 @@ from typing import Any
 import numpy as np
 
 from skylift.serve import codec
-from skylift.serve.batcher import Batcher
 from skylift.serve.codec import V2Request
-from skylift.serve.runtimes._base import Context, Inputs
+from skylift.serve.runtimes._base import Batched, Context
 
 SMALLEST_BUCKET = 16  # tokens: below this a batch's cost is mostly per-call overhead anyway
 Run = Callable[[np.ndarray], np.ndarray]
@@ -61,7 +60,7 @@ def by_bucket(run: Run, max_length: int, max_tokens: int) -> Run:
     return run_batch
 
 
-class TextRows(Inputs):
+class TextRows(Batched):
     """Tensor `text` (V2 BYTES) or TF-Serving strings; `run` takes right-padded ids (R, T) int64
     with 0 at padding (skylift's convention, see tasks._text.encode) and returns float32 (R, O)."""
 
@@ -81,14 +80,7 @@ class TextRows(Inputs):
                 np.int64,
             )
         )
-        self.batcher = Batcher(
-            by_bucket(run, self.max_length, c.max_batch_tokens),
-            name=f"{ctx.name}:{ctx.version}",
-            max_rows=c.max_batch_rows,
-            max_delay_s=c.max_delay_ms / 1000,
-            max_queue_rows=c.max_queue_rows,
-            on_batch=ctx.metrics.observe_batch,
-        )
+        super().__init__(ctx, by_bucket(run, self.max_length, c.max_batch_tokens))
 
     def metadata(self) -> list[dict[str, Any]]:
         return [{"name": codec.TEXT_NAME, "datatype": "BYTES", "shape": [-1]}]
@@ -111,16 +103,3 @@ class TextRows(Inputs):
 
     def submit(self, x: list[str], deadline: float) -> Awaitable[np.ndarray]:
         return self.batcher.submit(self.encode(x)[0], deadline)
-
-    @property
-    def queued_rows(self) -> int:
-        return self.batcher.queued_rows
-
-    def expect(self, requests: int) -> None:
-        self.batcher.arriving += requests
-
-    def start(self) -> None:
-        self.batcher.start()
-
-    async def stop(self) -> None:
-        await self.batcher.stop()
