@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from skylift import _atomic
 from skylift._atomic import _fsync_dir  # the rename of a whole version folder needs it too
+from skylift.data._media import Preprocessing, preprocessing_from_json
 from skylift.errors import IntegrityError, ModelNotFound, SkyliftError, SpecError
 from skylift.registry import _artifact
 from skylift.registry._listing import VersionInfo, version_info
@@ -91,6 +92,11 @@ class LoadedModel:
     @property
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
+
+    @property
+    def preprocessing(self) -> Preprocessing | None:
+        """How an image or audio file becomes this model's input (model.json "data.preprocessing")."""
+        return preprocessing_from_json(self.data.get("preprocessing"))
 
     @property
     def classes(self) -> list[Any]:
