@@ -1,5 +1,5 @@
-"""Two hosts made as network namespaces (each its own address and SKYLIFT_HOME, joined by a veth
-pair) train one job together with the README's 2-node command.
+"""Two hosts made as network namespaces (each its own address and SKYLIFT_HOME, see netns.py)
+train one job together with the README's 2-node command, survive a killed worker, and predict.
 
 This machine's hostname resolves to 127.0.0.1, as on many hosts and containers: before each node
 advertised its address on the route to the rendezvous, every join hung until the workers'
@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+
+from tests.integration.netns import Host, hosts
+from tests.unit.batch.conftest import features, register_mlp
 
 SPEC = {
     "name": "two-hosts",
@@ -27,67 +33,106 @@ SPEC = {
 }
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
-
-
 @pytest.fixture
-def hosts() -> Iterator[tuple[str, str, str]]:
-    """(namespace 0, namespace 1, subnet prefix): 10.77.N.1 and 10.77.N.2 on a veth pair."""
-    tag = os.getpid() % 200 + 20
-    ns = (f"skylift{tag}a", f"skylift{tag}b")
-    prefix = f"10.77.{tag}"
-    for name in ns:
-        subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30)
-        _ip("netns", "add", name)
-    try:
-        _ip("link", "add", f"sk{tag}a", "type", "veth", "peer", "name", f"sk{tag}b")
-        for i, (name, end) in enumerate(zip(ns, "ab", strict=True), start=1):
-            _ip("link", "set", f"sk{tag}{end}", "netns", name)
-            _ip("-n", name, "addr", "add", f"{prefix}.{i}/24", "dev", f"sk{tag}{end}")
-            _ip("-n", name, "link", "set", f"sk{tag}{end}", "up")
-            _ip("-n", name, "link", "set", "lo", "up")
-        yield ns[0], ns[1], prefix
-    finally:
-        for name in ns:
-            subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30)
+def two() -> Iterator[list[Host]]:
+    with hosts(2) as made:
+        yield made
 
 
-def _node(ns: str, home: Path, spec: Path, rank: int, endpoint: str, *extra: str) -> subprocess.Popen[str]:
-    cmd = ["ip", "netns", "exec", ns, "env", f"SKYLIFT_HOME={home}", sys.executable, "-m", "skylift", "train"]
-    cmd += [str(spec), "--run-id", "two", "--nnodes", "2", "--node-rank", str(rank)]
-    cmd += ["--rdzv-endpoint", endpoint, *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _skylift(host: Host, home: Path, *args: str) -> subprocess.Popen[str]:
+    cmd = host.cmd("env", f"SKYLIFT_HOME={home}", sys.executable, "-m", "skylift", *args)
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
+def _node(host: Host, home: Path, spec: Path, rank: int, endpoint: str, *extra: str) -> subprocess.Popen[str]:
+    args = ["train", str(spec), "--run-id", "two", "--nnodes", "2", "--node-rank", str(rank)]
+    return _skylift(host, home, *args, "--rdzv-endpoint", endpoint, *extra)
 
 
 def test_two_hosts_train_one_job_and_say_which_address_each_advertises(
-    hosts: tuple[str, str, str], tmp_path: Path
+    two: list[Host], tmp_path: Path
 ) -> None:
-    ns0, ns1, prefix = hosts
     spec = tmp_path / "job.yaml"
     spec.write_text(yaml.safe_dump(SPEC), encoding="utf-8")
-    endpoint = f"{prefix}.1:29400"
-    nodes = [_node(ns, tmp_path / f"home{r}", spec, r, endpoint) for r, ns in enumerate((ns0, ns1))]
+    endpoint = f"{two[0].address}:29400"
+    nodes = [_node(host, tmp_path / f"home{r}", spec, r, endpoint) for r, host in enumerate(two)]
     outs = [node.communicate(timeout=600) for node in nodes]
     for node, (out, err) in zip(nodes, outs, strict=True):
         assert node.returncode == 0, out[-2000:] + err[-2000:]
-    assert f"node 0 of 2: advertising {prefix}.1 on sk" in outs[0][0]
-    assert f"node 1 of 2: advertising {prefix}.2 on sk" in outs[1][0]
-    assert f"(from the route to {prefix}.1)" in outs[1][0]
+    assert f"node 0 of 2: advertising {two[0].address} on eth0" in outs[0][0]
+    assert f"node 1 of 2: advertising {two[1].address} on eth0" in outs[1][0]
+    assert f"(from the route to {two[0].address})" in outs[1][0]
     history = (tmp_path / "home0" / "runs" / "two" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in history] == [1, 2]
     assert "this node does not hold the run folder" in outs[1][0]
 
 
 def test_a_node_address_that_is_not_this_machines_is_refused_in_one_line(
-    hosts: tuple[str, str, str], tmp_path: Path
+    two: list[Host], tmp_path: Path
 ) -> None:
-    ns0, _, prefix = hosts
     spec = tmp_path / "job.yaml"
     spec.write_text(yaml.safe_dump(SPEC), encoding="utf-8")
-    for named, said in ((f"{prefix}.9", "is not an address of this machine"), ("eth9", "neither an IPv4")):
-        node = _node(ns0, tmp_path / "home", spec, 0, f"{prefix}.1:29400", "--node-addr", named)
+    elsewhere = two[0].address.rsplit(".", 1)[0] + ".99"
+    for named, said in ((elsewhere, "is not an address of this machine"), ("eth9", "neither an IPv4")):
+        node = _node(two[0], tmp_path / "home", spec, 0, f"{two[0].address}:29400", "--node-addr", named)
         out, err = node.communicate(timeout=300)
         assert node.returncode == 2, out + err
         assert said in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "home").exists()  # refused before anything is written
+
+
+def _workers(pid: int) -> list[int]:
+    """The training or prediction worker processes under an agent."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            found += [int(child)] if b"spawn_main" in cmdline or b"skylift.train.worker" in cmdline else []
+    return found
+
+
+def test_a_worker_killed_on_one_host_is_restarted_and_every_epoch_runs_once(
+    two: list[Host], tmp_path: Path
+) -> None:
+    spec = tmp_path / "job.yaml"
+    slow = {**SPEC, "train": {**SPEC["train"], "epochs": 5}, "distributed": {"workers": 1, "max_restarts": 1}}
+    spec.write_text(yaml.safe_dump(slow), encoding="utf-8")
+    endpoint = f"{two[0].address}:29400"
+    nodes = [_node(host, tmp_path / f"home{r}", spec, r, endpoint) for r, host in enumerate(two)]
+    history = tmp_path / "home0" / "runs" / "two" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (history.is_file() and history.read_text().strip()):  # after the first epoch
+        assert time.monotonic() < deadline and all(n.poll() is None for n in nodes), nodes[0].stderr
+        time.sleep(0.1)
+    (victim,) = _workers(nodes[1].pid)
+    os.kill(victim, signal.SIGKILL)
+    outs = [node.communicate(timeout=600) for node in nodes]
+    for node, (out, err) in zip(nodes, outs, strict=True):
+        assert node.returncode == 0, out[-2000:] + err[-2000:]
+    epochs = [json.loads(line)["epoch"] for line in history.read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4, 5]
+    assert "restart" in outs[1][0] + outs[1][1]
+
+
+def test_predict_over_two_hosts_writes_what_one_host_writes(two: list[Host], tmp_path: Path) -> None:
+    # One home on storage both hosts mount (as a cluster's shared volume would be).
+    home = tmp_path / "home"
+    register_mlp(home)
+    np.save(tmp_path / "x.npy", features(3000))
+    common = ("predict", "mnist-mlp", "--input", str(tmp_path / "x.npy"), "--proba", "--chunk-rows", "500")
+    one = _skylift(two[0], home, *common, "--output", str(tmp_path / "one.npz"))
+    out, err = one.communicate(timeout=300)
+    assert one.returncode == 0, out + err
+    multi = ("--nnodes", "2", "--rdzv-endpoint", f"{two[0].address}:29500")
+    nodes = [
+        _skylift(host, home, *common, "--output", str(tmp_path / "two.npz"), *multi, "--node-rank", str(r))
+        for r, host in enumerate(two)
+    ]
+    outs = [node.communicate(timeout=300) for node in nodes]
+    for node, (out, err) in zip(nodes, outs, strict=True):
+        assert node.returncode == 0, out[-2000:] + err[-2000:]
+    assert f"node 1 of 2: advertising {two[1].address} on eth0" in outs[1][0]
+    assert "1 worker(s) x 2 node(s)" in outs[0][0]
+    assert (tmp_path / "two.npz").read_bytes() == (tmp_path / "one.npz").read_bytes()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from skylift import network
 from skylift.batch._job import PredictJob, check_options, check_output, open_job
 from skylift.batch._job import output_format as format_of
 from skylift.batch._kinds import kind_of
@@ -87,6 +88,7 @@ def predict(
     nnodes: int = 1,
     node_rank: int = 0,
     rdzv_endpoint: str | None = None,
+    node_addr: str | None = None,
     batch_rows: int = 4096,
     chunk_rows: int = 16384,
     output_format: str | None = None,
@@ -103,7 +105,8 @@ def predict(
     """Predict every row of `input` with registered `model` (NAME, NAME:VERSION or NAME@ALIAS) into `output`.
 
     Rows are read a chunk at a time and spread over `workers` processes per node (x `nnodes`
-    machines, joined by c10d rendezvous at `rdzv_endpoint`); the output keeps input order and is
+    machines, joined by c10d rendezvous at `rdzv_endpoint`, each advertising the address on its
+    route there or `node_addr`, an address or interface); the output keeps input order and is
     written under a temp name, then renamed. Finished chunks are kept beside the output, so the
     same call after a crash resumes and writes the same bytes. Raises SpecError (options, output
     path), DataError (input), ModelNotFound, IntegrityError or AuthError before any work starts
@@ -120,7 +123,7 @@ def predict(
 
     tick = time.perf_counter()
     fork_safe = "torch" not in sys.modules  # nothing has run torch in this process yet
-    _check_placement(workers, nnodes, node_rank, rdzv_endpoint)
+    _check_placement(workers, nnodes, node_rank, rdzv_endpoint, node_addr)
     out = Path(output).expanduser().absolute()
     fmt = format_of(out, output_format)
     check_options(fmt, proba, top_k, batch_rows, chunk_rows)
@@ -172,6 +175,7 @@ def predict(
             nnodes,
             node_rank,
             rdzv_endpoint,
+            node_addr,
             max_restarts,
             threads,
             method,
@@ -200,13 +204,17 @@ def predict(
     )
 
 
-def _check_placement(workers: int, nnodes: int, node_rank: int, rdzv_endpoint: str | None) -> None:
+def _check_placement(
+    workers: int, nnodes: int, node_rank: int, rdzv_endpoint: str | None, node_addr: str | None
+) -> None:
     if workers < 1 or nnodes < 1:
         raise SpecError(f"--workers and --nnodes must be >= 1, got {workers} and {nnodes}")
     if nnodes > 1 and not rdzv_endpoint:
         raise SpecError("multi-node prediction needs --rdzv-endpoint HOST:PORT (the same on every node)")
     if not 0 <= node_rank < nnodes:
         raise SpecError(f"--node-rank must be in [0, {nnodes - 1}], got {node_rank}")
+    if node_addr:
+        network.node_address(rdzv_endpoint or "", node_addr)  # SpecError: not this machine's
 
 
 def _torch_threads() -> int:
@@ -244,6 +252,7 @@ def _agent(
     nnodes: int,
     node_rank: int,
     rdzv: str | None,
+    node_addr: str | None,
     max_restarts: int,
     threads: int,
     method: str,
@@ -259,6 +268,8 @@ def _agent(
     # Every node must agree on the run id without talking first: derive it from what they share.
     shared = f"{rdzv}|{job.model}|{job.input}|{job.output}".encode()
     run_id = "predict-" + (hashlib.sha256(shared).hexdigest()[:12] if multi else uuid.uuid4().hex[:12])
+    # Not loopback from the hostname: the address on this node's route to the rendezvous.
+    local_addr = network.advertise(nnodes, node_rank, rdzv, node_addr) if multi and rdzv else None
     config = LaunchConfig(
         min_nodes=nnodes,
         max_nodes=nnodes,
@@ -267,6 +278,7 @@ def _agent(
         rdzv_backend="c10d",
         rdzv_endpoint=rdzv if multi and rdzv else "127.0.0.1:0",
         rdzv_configs={"is_host": node_rank == 0} if multi else {},  # node 0 hosts the rendezvous store
+        local_addr=local_addr,
         # Restarted agents of several nodes count restarts apart, so their workers could not agree on
         # an attempt: with several nodes a dead worker ends the job (run it again to resume).
         max_restarts=max_restarts if not multi else 0,

@@ -86,6 +86,11 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="c10d rendezvous address, same on every node")
     p.add_argument(
+        "--node-addr",
+        metavar="ADDRESS|INTERFACE",
+        help="what this node gives its peers (default: its address on the route to the rendezvous)",
+    )
+    p.add_argument(
         "--max-restarts",
         type=_count,
         default=3,
@@ -110,6 +115,7 @@ def _predict(args: argparse.Namespace) -> int:
         nnodes=args.nnodes,
         node_rank=args.node_rank,
         rdzv_endpoint=args.rdzv_endpoint,
+        node_addr=args.node_addr,
         batch_rows=args.batch_rows,
         chunk_rows=args.chunk_rows,
         output_format=args.output_format,

@@ -110,7 +110,7 @@ def _run_training(spec: Any, args: argparse.Namespace, run_id: str | None) -> An
     from skylift.train.progress import TrainDisplay
 
     if getattr(args, "node_addr", None):  # checked before anything is written
-        from skylift.train.network import node_address
+        from skylift.network import node_address
 
         node_address(getattr(args, "rdzv_endpoint", None) or "", args.node_addr)
     placement = place(

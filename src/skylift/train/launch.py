@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from skylift import _atomic
+from skylift import _atomic, network
 from skylift.dist import agent_store
 from skylift.errors import SkyliftError, SpecError
 from skylift.home import skylift_home
@@ -30,7 +30,6 @@ SYNC_FLOOR_S = 1.6e-3
 CORE_FLOPS = 20e9
 # 20x: DDP pays only when each worker's step compute dwarfs the gradient sync (sync <= 5%).
 SYNC_MARGIN = 20
-RENDEZVOUS_WAIT_S = 300.0  # how long a node other than 0 waits for node 0's rendezvous to answer
 
 
 @dataclass(frozen=True)
@@ -306,7 +305,10 @@ def _agent(
 
     multi = p.nnodes > 1
     logs = RunDir.under(home, run_id).path / "logs"
-    local_addr = _advertise(p) if multi else None
+    local_addr = None
+    if multi:
+        assert p.rdzv_endpoint is not None  # place() requires it for several nodes
+        local_addr = network.advertise(p.nnodes, p.node_rank, p.rdzv_endpoint, p.node_addr)
     config = LaunchConfig(
         min_nodes=p.nnodes,
         max_nodes=p.nnodes,
@@ -349,26 +351,6 @@ def _agent(
             f"training failed: worker rank {rank} {how} after {p.max_restarts} restart(s){kept} "
             f"(worker logs: {logs})"
         ) from None
-
-
-def _advertise(p: Placement) -> str:
-    """The address this node gives its peers (not loopback from its hostname: see train.network);
-    says it in one line, points gloo at its interface, and waits for node 0's rendezvous to answer."""
-    from skylift.train import network
-
-    assert p.rdzv_endpoint is not None  # place() requires it for several nodes
-    node = network.node_address(p.rdzv_endpoint, p.node_addr)
-    if node.interface and "GLOO_SOCKET_IFNAME" not in os.environ:
-        os.environ["GLOO_SOCKET_IFNAME"] = node.interface  # the spawned workers inherit it
-    via = f" on {node.interface}" if node.interface else ""
-    print(
-        f"node {p.node_rank} of {p.nnodes}: advertising {node.address}{via} (from {node.how}) "
-        f"to the rendezvous at {p.rdzv_endpoint}",
-        flush=True,
-    )
-    if p.node_rank != 0:
-        network.wait_for_rendezvous(p.rdzv_endpoint, RENDEZVOUS_WAIT_S)
-    return node.address
 
 
 @contextlib.contextmanager

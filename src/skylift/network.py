@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import ipaddress
+import os
 import socket
 import struct
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from skylift.errors import SpecError
 
 _SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's IPv4 address
+RENDEZVOUS_WAIT_S = 300.0  # how long a node other than 0 waits for node 0's rendezvous to answer
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,26 @@ def wait_for_rendezvous(endpoint: str, timeout_s: float) -> None:
                     "running with the same --rdzv-endpoint, and does a firewall let this machine in?"
                 ) from None
         time.sleep(0.5)
+
+
+def advertise(
+    nnodes: int, node_rank: int, endpoint: str, named: str | None, wait_s: float = RENDEZVOUS_WAIT_S
+) -> str:
+    """The address this node gives its peers, for the elastic launcher's `local_addr`: says it in
+    one line, points gloo at its interface (the spawned workers inherit the variable), and, on a
+    node other than 0, waits up to `wait_s` for node 0's rendezvous to answer."""
+    node = node_address(endpoint, named)
+    if node.interface and "GLOO_SOCKET_IFNAME" not in os.environ:
+        os.environ["GLOO_SOCKET_IFNAME"] = node.interface
+    via = f" on {node.interface}" if node.interface else ""
+    print(
+        f"node {node_rank} of {nnodes}: advertising {node.address}{via} (from {node.how}) "
+        f"to the rendezvous at {endpoint}",
+        flush=True,
+    )
+    if node_rank != 0:
+        wait_for_rendezvous(endpoint, wait_s)
+    return node.address
 
 
 def _listed(addresses: dict[str, str]) -> str:
