@@ -70,10 +70,17 @@ def hosts(n: int) -> Iterator[list[Host]]:
             subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=30)
 
 
-def wait_http(host: Host, url: str, timeout: float = 120, proc: subprocess.Popen[str] | None = None) -> None:
+def wait_http(
+    host: Host,
+    url: str,
+    key: str | None = None,
+    timeout: float = 120,
+    proc: subprocess.Popen[str] | None = None,
+) -> None:
     """Until `url` answers 200 from `host` (a server starting in another namespace)."""
     deadline = time.monotonic() + timeout
-    while host.get(url)[0] != 200:
+    headers = [f"Authorization: Bearer {key}"] if key else []
+    while host.get(url, headers)[0] != 200:
         if time.monotonic() > deadline or (proc is not None and proc.poll() is not None):
             raise AssertionError(f"{url} never answered 200 from {host.ns}")
         time.sleep(0.2)

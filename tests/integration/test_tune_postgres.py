@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import optuna
@@ -24,29 +25,39 @@ def _bin(name: str) -> str | None:
     return found[-1] if found else shutil.which(name)
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A throwaway cluster on a free loopback port (as the postgres user when we are root)."""
+@contextlib.contextmanager
+def postgres(listen: str = "127.0.0.1", inside: Sequence[str] = ()) -> Iterator[str]:
+    """A throwaway cluster on a free port of `listen` (run under the command prefix `inside`, e.g.
+    `ip netns exec NS`), as the postgres user when we are root; yields its URL, password "pw"."""
     initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
     if not initdb or not pg_ctl:
         pytest.skip("PostgreSQL is not installed (scripts/test installs it)")
-    as_user: list[str] = []
+    as_user: list[str] = [*inside]
     data = Path(tempfile.mkdtemp(prefix="skylift-pg-"))
     if os.geteuid() == 0:  # postgres refuses to run as root
         shutil.chown(data, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
+        as_user += ["runuser", "-u", "postgres", "--"]
     port = free_port()
     cluster = data / "db"
+    (data / "pw").write_text("pw\n")
     try:
-        subprocess.run([*as_user, initdb, "-D", str(cluster), "-A", "trust", "-U", "postgres"],
-                       check=True, capture_output=True)  # fmt: skip
-        opts = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off"
+        init = [initdb, "-D", str(cluster), "-U", "postgres", f"--pwfile={data / 'pw'}", "--auth-local=trust"]
+        subprocess.run([*as_user, *init, "--auth-host=scram-sha-256"], check=True, capture_output=True)
+        with (cluster / "pg_hba.conf").open("a") as hba:
+            hba.write("host all all 10.77.0.0/16 scram-sha-256\n")  # the multi-host tests' subnet
+        opts = f"-p {port} -k {data} -c listen_addresses={listen} -c fsync=off"
         start = [pg_ctl, "-D", str(cluster), "-o", opts, "-w", "-l", str(data / "log"), "start"]
         subprocess.run([*as_user, *start], check=True, capture_output=True)
-        yield f"postgresql://postgres:pw@127.0.0.1:{port}/postgres"
+        yield f"postgresql://postgres:pw@{listen}:{port}/postgres"
     finally:
         subprocess.run([*as_user, pg_ctl, "-D", str(cluster), "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    with postgres() as url:
+        yield url
 
 
 def test_two_drivers_share_one_postgres_study(home: Path, postgres_url: str) -> None:
