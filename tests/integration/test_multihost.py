@@ -136,3 +136,37 @@ def test_predict_over_two_hosts_writes_what_one_host_writes(two: list[Host], tmp
     assert f"node 1 of 2: advertising {two[1].address} on eth0" in outs[1][0]
     assert "1 worker(s) x 2 node(s)" in outs[0][0]
     assert (tmp_path / "two.npz").read_bytes() == (tmp_path / "one.npz").read_bytes()
+
+
+def test_a_node_that_cannot_meet_the_others_fails_in_one_line_within_its_timeout(
+    two: list[Host], tmp_path: Path
+) -> None:
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(SPEC), encoding="utf-8")
+    endpoint = f"{two[0].address}:29400"
+    for rank, said in (
+        (1, f"cannot reach the rendezvous at {endpoint} within 3 s"),
+        (0, "not all 2 nodes joined"),
+    ):
+        tick = time.monotonic()
+        node = _node(two[rank], tmp_path / f"home{rank}", spec, rank, endpoint, "--rdzv-timeout", "3")
+        out, err = node.communicate(timeout=120)
+        assert node.returncode != 0 and said in err, out + err
+        assert len(err.strip().splitlines()) == 1, err
+        assert time.monotonic() - tick < 60
+
+
+def test_a_node_started_with_another_spec_is_refused_by_spec_hash(two: list[Host], tmp_path: Path) -> None:
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(SPEC), encoding="utf-8")
+    endpoint = f"{two[0].address}:29400"
+    nodes = [
+        _node(two[0], tmp_path / "home0", spec, 0, endpoint),
+        _node(two[1], tmp_path / "home1", spec, 1, endpoint, "--set", "train.optimizer.lr=0.01"),
+    ]
+    outs = [node.communicate(timeout=300) for node in nodes]
+    for node, (out, err) in zip(nodes, outs, strict=True):
+        assert node.returncode == 2, out + err
+        assert "run a different spec from rank 0's (spec hash" in err, err
+        assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "home0" / "runs" / "two" / "metrics.jsonl").exists()  # not one epoch trained

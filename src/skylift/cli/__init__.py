@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -51,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.debug = bool(args.debug)
+    if not args.debug:
+        # torch's C++ warnings (e.g. c10d's "hostname of the client socket cannot be retrieved" on a
+        # host without reverse DNS) would break the one-line output; read once, when torch loads.
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     try:
         code: int = args.run(args)
         return code

@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from skylift import network
 from skylift.errors import SpecError
 
 
@@ -61,6 +62,16 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
 def _workers(text: str) -> int | str:
     return "auto" if text == "auto" else _positive(text)
 
@@ -83,6 +94,13 @@ def _placement_args(p: argparse.ArgumentParser, single_node: bool = False) -> No
         "--node-addr",
         metavar="ADDRESS|INTERFACE",
         help="what this node gives its peers (default: its address on the route to the rendezvous)",
+    )
+    p.add_argument(
+        "--rdzv-timeout",
+        type=_seconds,
+        default=network.RENDEZVOUS_WAIT_S,
+        metavar="SECONDS",
+        help="how long to wait for the rendezvous and for every node to join it (default: %(default).0f)",
     )
 
 
@@ -110,9 +128,7 @@ def _run_training(spec: Any, args: argparse.Namespace, run_id: str | None) -> An
     from skylift.train.progress import TrainDisplay
 
     if getattr(args, "node_addr", None):  # checked before anything is written
-        from skylift.network import node_address
-
-        node_address(getattr(args, "rdzv_endpoint", None) or "", args.node_addr)
+        network.node_address(getattr(args, "rdzv_endpoint", None) or "", args.node_addr)
     placement = place(
         spec,
         args.workers,
@@ -122,7 +138,11 @@ def _run_training(spec: Any, args: argparse.Namespace, run_id: str | None) -> An
         run=run if run is not None and run.spec.is_file() else None,
         home=args.home,
     )
-    placement = dataclasses.replace(placement, node_addr=getattr(args, "node_addr", None))
+    placement = dataclasses.replace(
+        placement,
+        node_addr=getattr(args, "node_addr", None),
+        rdzv_timeout_s=getattr(args, "rdzv_timeout", network.RENDEZVOUS_WAIT_S),
+    )
     for line in (placement.reason, placement.strategy_reason):
         if line:
             console.print(line)

@@ -47,6 +47,8 @@ class Placement:
     strategy_reason: str = ""
     node_addr: str | None = None
     """The address or interface this node gives its peers (--node-addr); None: the route to the rendezvous."""
+    rdzv_timeout_s: float = network.RENDEZVOUS_WAIT_S
+    """How long a node waits for the rendezvous to answer and for every node to join it."""
 
 
 def _cores() -> int:
@@ -301,6 +303,7 @@ def _agent(
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousTimeoutError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     multi = p.nnodes > 1
@@ -308,7 +311,7 @@ def _agent(
     local_addr = None
     if multi:
         assert p.rdzv_endpoint is not None  # place() requires it for several nodes
-        local_addr = network.advertise(p.nnodes, p.node_rank, p.rdzv_endpoint, p.node_addr)
+        local_addr = network.advertise(p.nnodes, p.node_rank, p.rdzv_endpoint, p.node_addr, p.rdzv_timeout_s)
     config = LaunchConfig(
         min_nodes=p.nnodes,
         max_nodes=p.nnodes,
@@ -317,7 +320,7 @@ def _agent(
         rdzv_backend="c10d",
         rdzv_endpoint=p.rdzv_endpoint if multi and p.rdzv_endpoint else "127.0.0.1:0",
         # node 0 hosts the rendezvous store; the others connect to it
-        rdzv_configs={"is_host": p.node_rank == 0} if multi else {},
+        rdzv_configs={"is_host": p.node_rank == 0, "join_timeout": p.rdzv_timeout_s} if multi else {},
         local_addr=local_addr,
         max_restarts=p.max_restarts,
         monitor_interval=0.2,
@@ -339,6 +342,11 @@ def _agent(
             elastic_launch(config, sys.executable)(*args)
     except SignalException:  # SIGTERM/SIGINT: the agent has already stopped every worker
         raise KeyboardInterrupt from None
+    except RendezvousTimeoutError:
+        raise SkyliftError(
+            f"not all {p.nnodes} nodes joined the rendezvous at {p.rdzv_endpoint} within "
+            f"{p.rdzv_timeout_s:.0f} s: start every node with the same --nnodes and --rdzv-endpoint"
+        ) from None
     except ChildFailedError as exc:
         if fatal.is_file():
             raise _fatal_error(fatal.read_text()) from None

@@ -53,6 +53,29 @@ def init_from_env(backend: str) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
 
 
+def check_same_spec(digest_hex: str, info: DistInfo) -> None:
+    """SpecError on every rank unless all ranks train the spec with this SHA-256: a node started
+    with another spec file or other --set overrides would otherwise train its own variant in
+    lock-step with the others, silently. Raw digest bytes travel, not pickled objects."""
+    if not info.distributed:
+        return
+    import torch
+    import torch.distributed as dist
+
+    from skylift.errors import SpecError
+
+    mine = torch.frombuffer(bytearray(bytes.fromhex(digest_hex)), dtype=torch.uint8)
+    every = [torch.empty_like(mine) for _ in range(info.world_size)]
+    dist.all_gather(every, mine)
+    differ = [r for r, d in enumerate(every) if not torch.equal(d, every[0])]
+    if differ:
+        raise SpecError(
+            f"rank(s) {', '.join(map(str, differ))} run a different spec from rank 0's (spec hash "
+            f"{every[differ[0]].numpy().tobytes().hex()[:12]} vs {every[0].numpy().tobytes().hex()[:12]}): "
+            "start every node with the same spec file and the same --set overrides"
+        )
+
+
 def shutdown(finished: bool) -> None:
     """Leave the process group; after a finished fit, all ranks leave together.
 

@@ -43,7 +43,7 @@ def _train(args: argparse.Namespace, fatal: Path) -> int:
     from skylift.data._tokenizer import limit_threads
     from skylift.errors import SkyliftError
     from skylift.security import master_key_from_env
-    from skylift.spec import load_spec
+    from skylift.spec import load_spec, spec_hash
     from skylift.train import parallel
     from skylift.train.launch import load_epoch_hook
     from skylift.train.loop import fit
@@ -54,12 +54,15 @@ def _train(args: argparse.Namespace, fatal: Path) -> int:
     torch.set_num_threads(spec.train.threads or args.threads)
     limit_threads(spec.train.threads or args.threads)  # the tokenizer's threads share the same cores
     info = parallel.init_from_env(spec.distributed.backend)
+    # Worker counts may differ between nodes (workers: auto on unlike machines); all else must match.
+    same = spec.model_copy(update={"distributed": spec.distributed.model_copy(update={"workers": 1})})
     display = TrainDisplay() if info.is_main and args.progress else None
     on_epoch = None
     if args.epoch_hook:
         on_epoch = load_epoch_hook(*args.epoch_hook) if info.is_main else _never
     finished = False
     try:
+        parallel.check_same_spec(spec_hash(same), info)
         fit(
             spec,
             home=args.home,
