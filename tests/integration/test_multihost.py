@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -57,7 +58,32 @@ def test_two_hosts_train_one_job_and_say_which_address_each_advertises(
     spec = tmp_path / "job.yaml"
     spec.write_text(yaml.safe_dump(SPEC), encoding="utf-8")
     endpoint = f"{two[0].address}:29400"
-    nodes = [_node(host, tmp_path / f"home{r}", spec, r, endpoint) for r, host in enumerate(two)]
+    # The commands come from `--print-commands`, as a user would copy them to each machine.
+    ask = [
+        "train",
+        str(spec),
+        "--run-id",
+        "two",
+        "--nnodes",
+        "2",
+        "--rdzv-endpoint",
+        endpoint,
+        "--print-commands",
+    ]
+    printed = subprocess.run(
+        [sys.executable, "-m", "skylift", *ask],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert printed.returncode == 0, printed.stderr
+    commands = [
+        shlex.split(line.split(": ", 1)[1])
+        for line in printed.stdout.splitlines()
+        if line.startswith("node ")
+    ]
+    assert [c[c.index("--node-rank") + 1] for c in commands] == ["0", "1"]
+    nodes = [_skylift(host, tmp_path / f"home{r}", *commands[r][1:]) for r, host in enumerate(two)]
     outs = [node.communicate(timeout=600) for node in nodes]
     for node, (out, err) in zip(nodes, outs, strict=True):
         assert node.returncode == 0, out[-2000:] + err[-2000:]

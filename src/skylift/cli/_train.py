@@ -96,6 +96,11 @@ def _placement_args(p: argparse.ArgumentParser, single_node: bool = False) -> No
         help="what this node gives its peers (default: its address on the route to the rendezvous)",
     )
     p.add_argument(
+        "--print-commands",
+        action="store_true",
+        help="print the command each of the --nnodes nodes runs, then exit (nothing is trained)",
+    )
+    p.add_argument(
         "--rdzv-timeout",
         type=_seconds,
         default=network.RENDEZVOUS_WAIT_S,
@@ -209,8 +214,33 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     if not args.spec:
         raise SpecError("train needs a job spec file (or --resume RUN_ID)")
+    if args.print_commands:
+        load_spec(args.spec, args.overrides)  # a bad spec is refused here, not on every node
+        print(node_commands(args))
+        return 0
     _run_training(load_spec(args.spec, args.overrides), args, args.run_id)
     return 0
+
+
+def node_commands(args: argparse.Namespace) -> str:
+    """The `skylift train` line each node runs for the multi-node job `args` describes."""
+    import shlex
+
+    if not args.nnodes or args.nnodes < 2 or not args.rdzv_endpoint:
+        raise SpecError("--print-commands needs --nnodes N (2 or more) and --rdzv-endpoint HOST:PORT")
+    network.split_endpoint(args.rdzv_endpoint)
+    common = ["skylift", "train", args.spec, *(a for o in args.overrides for a in ("--set", o))]
+    common += ["--run-id", args.run_id] if args.run_id else []
+    common += ["--workers", str(args.workers)] if args.workers else []
+    common += ["--nnodes", str(args.nnodes)]
+    if args.rdzv_timeout != network.RENDEZVOUS_WAIT_S:
+        common += ["--rdzv-timeout", f"{args.rdzv_timeout:g}"]
+    host = args.rdzv_endpoint.rpartition(":")[0]
+    lines = [f"# on each of the {args.nnodes} nodes (node 0 runs on {host} and hosts the rendezvous):"]
+    for rank in range(args.nnodes):
+        node = [*common, "--node-rank", str(rank), "--rdzv-endpoint", args.rdzv_endpoint]
+        lines.append(f"node {rank}: {shlex.join(node)}")
+    return "\n".join(lines)
 
 
 def quickstart_spec_path() -> Path:
