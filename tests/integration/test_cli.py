@@ -179,6 +179,26 @@ def test_bad_spec_file_through_the_real_command_has_no_traceback(home: Path, tmp
         (["evaluate", "x"], "the following arguments are required: --data"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["train", str(EXAMPLE), "--set", "bogus"], "--set expects FIELD=VALUE"),
+        (["train", str(EXAMPLE), "--print-commands"], "--print-commands needs --nnodes N (2 or more)"),
+        (
+            ["train", str(EXAMPLE), "--nnodes", "2", "--rdzv-endpoint", "nohost", "--print-commands"],
+            "--rdzv-endpoint must be HOST:PORT, got 'nohost'",
+        ),
+        (
+            [
+                "train",
+                str(EXAMPLE),
+                "--nnodes",
+                "2",
+                "--rdzv-endpoint",
+                "h:1",
+                "--set",
+                "train.epochs=0",
+                "--print-commands",
+            ],
+            "train.epochs",
+        ),
+        (["train", str(EXAMPLE), "--rdzv-timeout", "0"], "must be a number of seconds > 0, got '0'"),
     ],
 )
 def test_bad_command_lines(
