@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     from skylift.cli import _predict
 
     _predict.add_commands(sub, common)
+    from skylift.cli import _console
+
+    _console.add_commands(sub, common)
     return p
 
 

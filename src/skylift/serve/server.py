@@ -198,6 +198,17 @@ class Supervisor:
         )
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        from skylift import endpoints  # `skylift console` lists this server while it runs
+
+        listed = endpoints.record(
+            config.home,
+            config.host,
+            port,
+            models=models,
+            replicas=config.replicas,
+            auth=not config.no_auth,
+            tls=config.tls_cert is not None,
+        )
         try:
             for i in range(config.replicas):
                 self._start(sock, i)
@@ -217,6 +228,7 @@ class Supervisor:
         finally:
             self._drain()
             sock.close()
+            endpoints.remove(listed)
         return 0
 
     def _crashed(self) -> None:
