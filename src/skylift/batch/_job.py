@@ -86,11 +86,16 @@ def output_format(output: Path, explicit: str | None) -> str:
 
 
 def check_options(
-    fmt: str, proba: bool, top_k: int | None, batch_rows: int, chunk_rows: int, n_classes: int | None = None
+    fmt: str,
+    proba: bool,
+    top_k: int | None,
+    batch_rows: int | None,
+    chunk_rows: int | None,
+    n_classes: int | None = None,
 ) -> None:
-    """SpecError naming the option and the fix for any inconsistent choice."""
+    """SpecError naming the option and the fix for any inconsistent choice (None: the default)."""
     for name, value in (("--batch-rows", batch_rows), ("--chunk-rows", chunk_rows)):
-        if value < 1:
+        if value is not None and value < 1:
             raise SpecError(f"{name} must be >= 1, got {value}")
     if proba and top_k is not None:
         raise SpecError("give --proba or --top-k, not both")

@@ -31,6 +31,7 @@ class Kind:
         if proba or top_k is not None:
             flag = "--proba" if proba else "--top-k"
             raise SpecError(f"{flag} applies to classifiers; {model.ref} is a {self.name} ({model.task})")
+        _check_keyed(model, fmt)
 
     def outputs(self, model: LoadedModel, proba: bool, top_k: int | None) -> Outputs:
         raise NotImplementedError
@@ -39,13 +40,18 @@ class Kind:
         raise NotImplementedError
 
     def open(self, job: PredictJob, model: LoadedModel, arrow_threads: bool) -> Any:
-        """The job's input for this model: numeric features, or text with the model's tokenizer."""
+        """The job's input for this model: numeric features, text with the model's tokenizer, or
+        media files decoded with its recorded preprocessing."""
         if model.data.get("input") == "text":
             from skylift.tasks._text import encode
 
             tok = _tokenizer(model)
             length = int(model.data["max_length"])
             return _text(job, lambda texts: encode(tok, texts, length), lines=False)
+        if model.preprocessing is not None:
+            from skylift.batch._media_source import MediaSource
+
+            return MediaSource(job.input, model.preprocessing, job.chunk_rows)
         return _features(job, model, arrow_threads)
 
 
@@ -56,22 +62,23 @@ class Classifier(Kind):
         """The options were checked on their own (`check_options`); here against the class count."""
         if top_k is not None and top_k > len(model.classes):
             raise SpecError(f"--top-k {top_k} exceeds the model's {len(model.classes)} classes")
+        _check_keyed(model, fmt)
 
     def outputs(self, model: LoadedModel, proba: bool, top_k: int | None) -> Outputs:
-        return Outputs(proba, top_k)
+        return Outputs(proba, top_k, key=_key(model))
 
     def predictor(self, model: LoadedModel, outputs: Outputs) -> Any:
-        return Predictor(model.module, model.input_shape, len(model.classes), outputs)
+        return _keyed(Predictor(model.module, model.input_shape, len(model.classes), outputs), outputs)
 
 
 class Regressor(Kind):
     name = "regressor"
 
     def outputs(self, model: LoadedModel, proba: bool, top_k: int | None) -> Outputs:
-        return Outputs(columns=tuple((str(t), "float32") for t in model.data["targets"]))
+        return Outputs(columns=tuple((str(t), "float32") for t in model.data["targets"]), key=_key(model))
 
     def predictor(self, model: LoadedModel, outputs: Outputs) -> Any:
-        return ValuesPredictor(model.module, model.input_shape, len(outputs.columns))
+        return _keyed(ValuesPredictor(model.module, model.input_shape, len(outputs.columns)), outputs)
 
 
 class Generator(Kind):
@@ -116,6 +123,27 @@ def kind_of(model: LoadedModel) -> Kind:
             "(skylift serve answers /v1/embeddings)"
         )
     return KINDS[kind]
+
+
+def _key(model: LoadedModel) -> str | None:
+    """The key column of a model's rows: the file's path for media models, else none."""
+    from skylift.batch._media_source import KEY
+
+    return KEY if model.preprocessing is not None else None
+
+
+def _keyed(predictor: Any, outputs: Outputs) -> Any:
+    from skylift.batch._predictor import KeyedPredictor
+
+    return KeyedPredictor(predictor) if outputs.key is not None else predictor
+
+
+def _check_keyed(model: LoadedModel, fmt: str) -> None:
+    if fmt == "npy" and model.preprocessing is not None:
+        raise SpecError(
+            f"{model.ref} reads files: its output pairs each file's path with its prediction, which one "
+            ".npy array cannot hold; use .csv, .parquet, .jsonl or .npz"
+        )
 
 
 def _tokenizer(model: LoadedModel) -> Any:

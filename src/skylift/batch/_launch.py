@@ -22,6 +22,7 @@ from skylift import network
 from skylift.batch._job import PredictJob, check_options, check_output, open_job
 from skylift.batch._job import output_format as format_of
 from skylift.batch._kinds import kind_of
+from skylift.batch._media_source import default_sizes
 from skylift.dist import agent_store
 from skylift.errors import SkyliftError, SpecError
 from skylift.home import skylift_home
@@ -89,8 +90,8 @@ def predict(
     node_rank: int = 0,
     rdzv_endpoint: str | None = None,
     node_addr: str | None = None,
-    batch_rows: int = 4096,
-    chunk_rows: int = 16384,
+    batch_rows: int | None = None,
+    chunk_rows: int | None = None,
     output_format: str | None = None,
     proba: bool = False,
     top_k: int | None = None,
@@ -114,8 +115,11 @@ def predict(
 
     What a row is follows the model's kind: numeric features for a numeric model, the
     `text_column` of a .csv/.parquet/.jsonl file for a text model (a language model also reads
-    the lines of a .txt file). A classifier writes its class (with `proba` or `top_k` more), a
-    regressor one column per target, a language model each text's `log_likelihood` and `tokens`.
+    the lines of a .txt file), image or audio files for a media model (a folder of them, or a
+    .txt / .csv list of paths; each output row then starts with the file's `path`). A classifier
+    writes its class (with `proba` or `top_k` more), a regressor one column per target, a language
+    model each text's `log_likelihood` and `tokens`. `batch_rows` and `chunk_rows` default to 4096
+    and 16384 rows, or 64 and 256 files for a media model.
     """
     from skylift.batch._rank import run_rank
     from skylift.registry import Registry
@@ -130,25 +134,29 @@ def predict(
     key = master_key if master_key is not None else master_key_from_env()
     key = MasterKey(bytes(key)) if isinstance(key, bytes | bytearray) else key
     root = skylift_home(home)
-    name, version = Registry(root, key).resolve(model)
-    job = PredictJob(
-        model=f"{name}:{version}",
-        input=input,
-        output=str(out),
-        output_format=fmt,
-        home=str(root),
-        proba=proba,
-        top_k=top_k,
-        batch_rows=batch_rows,
-        chunk_rows=chunk_rows,
-        label_column=label_column,
-        text_column=text_column,
-        overwrite=overwrite,
-    )
+    registry = Registry(root, key)
+    name, version = registry.resolve(model)
     if node_rank == 0:
         check_output(out, overwrite)
     with _one_thread():
-        opened = open_job(job, key)
+        loaded = registry.load(f"{name}:{version}")
+        # Rows per forward pass and per chunk: 4096 and 16384 numeric rows, 64 and 256 media files.
+        batch_rows, chunk_rows = default_sizes(loaded.data, batch_rows, chunk_rows)
+        job = PredictJob(
+            model=f"{name}:{version}",
+            input=input,
+            output=str(out),
+            output_format=fmt,
+            home=str(root),
+            proba=proba,
+            top_k=top_k,
+            batch_rows=batch_rows,
+            chunk_rows=chunk_rows,
+            label_column=label_column,
+            text_column=text_column,
+            overwrite=overwrite,
+        )
+        opened = open_job(job, key, model=loaded)
     try:
         kind_of(opened.model).check(opened.model, fmt, proba, top_k)
     except SkyliftError:

@@ -7,13 +7,15 @@ with --top-k K the K most likely classes and their probabilities (`top1_class`, 
 `class` holds the model's label names, or the integer class ids when the model has no names
 (its classes are just "0".."C-1"). Regressors and language models write named value columns
 instead (`Outputs.columns`: one per target; `log_likelihood`, `tokens`): npz one array per column,
-npy the values alone ((N,) or (N, K), same dtype only). The bytes depend only on the results: no
-timestamps.
+npy the values alone ((N,) or (N, K), same dtype only). Rows with a key (`Outputs.key`: each media
+file's `path`) carry it as their first column (npz: one more array; npy cannot hold it). The bytes
+depend only on the results: no timestamps.
 """
 
 from __future__ import annotations
 
 import json
+import operator
 import zipfile
 from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
@@ -43,7 +45,7 @@ def write_output(
 ) -> None:
     """Write every part, in order, to the open file `f` in format `fmt`."""
     if outputs.columns:
-        _columns(f, fmt, outputs.columns, rows, parts)
+        _columns(f, fmt, outputs, rows, parts)
         return
     values = class_values(classes)
     if fmt == "npy":
@@ -69,11 +71,14 @@ def _npy(f: IO[bytes], rows: int, values: np.ndarray, outputs: Outputs, parts: P
         f.write(values[arrays[0]].tobytes())
 
 
+Member = tuple[str, np.dtype[Any], tuple[int, ...], Callable[[list[np.ndarray]], np.ndarray]]
+"""An npz member: name, dtype, shape, and its values from one part's arrays."""
+
+
 def _npz(
     f: IO[bytes], rows: int, values: np.ndarray, classes: list[str], outputs: Outputs, parts: Parts
 ) -> None:
-    members: list[tuple[str, np.dtype[Any], tuple[int, ...], Callable[[list[np.ndarray]], np.ndarray]]]
-    members = [("class", values.dtype, (rows,), lambda a: values[a[0]])]
+    members: list[Member] = [("class", values.dtype, (rows,), lambda a: values[a[0]])]
     if outputs.proba:
         members.append(("proba", np.dtype(np.float32), (rows, len(values)), lambda a: a[1]))
     elif outputs.top_k is not None:
@@ -81,13 +86,49 @@ def _npz(
         members.append(("top_k_class", values.dtype, (rows, k), lambda a: values[a[1]]))
         members.append(("top_k_proba", np.dtype(np.float32), (rows, k), lambda a: a[2]))
     with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name, dtype, shape, pick in members:
-            with archive.open(_member(name), "w", force_zip64=True) as m:
-                _npy_header(m, dtype, shape)
-                for arrays in parts():
-                    m.write(np.ascontiguousarray(pick(arrays), dtype=dtype).tobytes())
+        _members(archive, [*_key_member(outputs, rows, parts), *members], parts)
         with archive.open(_member("classes"), "w") as m:
             np.lib.format.write_array(m, np.array(classes, dtype=str), allow_pickle=False)
+
+
+def _members(archive: zipfile.ZipFile, members: list[Member], parts: Parts) -> None:
+    for name, dtype, shape, pick in members:
+        with archive.open(_member(name), "w", force_zip64=True) as m:
+            _npy_header(m, dtype, shape)
+            for arrays in parts():
+                m.write(np.ascontiguousarray(pick(arrays), dtype=dtype).tobytes())
+
+
+def _key_member(outputs: Outputs, rows: int, parts: Parts) -> list[Member]:
+    """The key column as an npz member (a fixed-width string array: one pass finds the width)."""
+    if outputs.key is None:
+        return []
+    width = max([1, *(int(a[-1].dtype.itemsize // 4) for a in parts())])
+    return [(outputs.key, np.dtype(f"<U{width}"), (rows,), lambda a: a[-1])]
+
+
+def _with_key(lines: list[str], outputs: Outputs, arrays: list[np.ndarray]) -> list[str]:
+    """jsonl lines (each a `{...}` object) led by the key, when the rows have one."""
+    if outputs.key is None:
+        return lines
+    name = json.dumps(outputs.key)
+    return [
+        f"{{{name}:{json.dumps(k)},{line[1:]}" for k, line in zip(arrays[-1].tolist(), lines, strict=True)
+    ]
+
+
+def _keyed_schema(schema: pa.Schema, outputs: Outputs) -> pa.Schema:
+    import pyarrow as pa
+
+    return schema if outputs.key is None else schema.insert(0, pa.field(outputs.key, pa.string()))
+
+
+def _keyed_batch(batch: pa.RecordBatch, schema: pa.Schema, outputs: Outputs, arrays: list[np.ndarray]) -> Any:
+    import pyarrow as pa
+
+    if outputs.key is None:
+        return batch
+    return pa.RecordBatch.from_arrays([pa.array(arrays[-1], pa.string()), *batch.columns], schema=schema)
 
 
 def _member(name: str) -> zipfile.ZipInfo:
@@ -131,10 +172,11 @@ def _arrow(
     f: IO[bytes], fmt: str, values: np.ndarray, classes: list[str], outputs: Outputs, parts: Parts
 ) -> None:
     schema = arrow_schema(values, classes, outputs)
-    writer = _arrow_writer(f, fmt, schema)
+    keyed = _keyed_schema(schema, outputs)
+    writer = _arrow_writer(f, fmt, keyed)
     try:
         for arrays in parts():
-            writer.write_batch(_batch(schema, values, outputs, arrays))
+            writer.write_batch(_keyed_batch(_batch(schema, values, outputs, arrays), keyed, outputs, arrays))
     finally:
         writer.close()
 
@@ -184,45 +226,49 @@ def _jsonl(f: IO[bytes], values: np.ndarray, classes: list[str], outputs: Output
         else:
             lines = [f'{{"class":{label[c]}}}' for c in ids.tolist()]
         if lines:
-            f.write(("\n".join(lines) + "\n").encode())
+            f.write(("\n".join(_with_key(lines, outputs, arrays)) + "\n").encode())
 
 
-def _columns(f: IO[bytes], fmt: str, columns: tuple[tuple[str, str], ...], rows: int, parts: Parts) -> None:
-    """Named value columns, each part holding one (n,) array per column."""
+def _columns(f: IO[bytes], fmt: str, outputs: Outputs, rows: int, parts: Parts) -> None:
+    """Named value columns, each part holding one (n,) array per column (then its keys, if any)."""
     import pyarrow as pa
 
+    columns = outputs.columns
+    n = len(columns)
     names = [name for name, _ in columns]
     dtypes = [np.dtype(d) for _, d in columns]
     if fmt == "npy":  # check_options allows it only when every column has one dtype
-        _npy_header(f, dtypes[0], (rows,) if len(columns) == 1 else (rows, len(columns)))
+        _npy_header(f, dtypes[0], (rows,) if n == 1 else (rows, n))
         for arrays in parts():
-            values = np.stack(arrays, axis=1) if len(arrays) > 1 else arrays[0]
+            values = np.stack(arrays[:n], axis=1) if n > 1 else arrays[0]
             f.write(np.ascontiguousarray(values).tobytes())
     elif fmt == "npz":
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as archive:
-            for j, (name, dtype) in enumerate(zip(names, dtypes, strict=True)):
-                with archive.open(_member(name), "w", force_zip64=True) as m:
-                    _npy_header(m, dtype, (rows,))
-                    for arrays in parts():
-                        m.write(np.ascontiguousarray(arrays[j], dtype=dtype).tobytes())
+            members: list[Member] = [
+                (name, dtype, (rows,), operator.itemgetter(j))
+                for j, (name, dtype) in enumerate(zip(names, dtypes, strict=True))
+            ]
+            _members(archive, [*_key_member(outputs, rows, parts), *members], parts)
     elif fmt == "jsonl":
         keys = [json.dumps(name) for name in names]
         for arrays in parts():
             cells = [
                 _floats(a).tolist() if a.dtype == np.float32 else [json.dumps(v) for v in a.tolist()]
-                for a in arrays
+                for a in arrays[:n]
             ]
             lines = [
                 "{" + ",".join(f"{k}:{v}" for k, v in zip(keys, row, strict=True)) + "}"
                 for row in zip(*cells, strict=True)
             ]
             if lines:
-                f.write(("\n".join(lines) + "\n").encode())
+                f.write(("\n".join(_with_key(lines, outputs, arrays)) + "\n").encode())
     else:
         schema = pa.schema([pa.field(n, pa.from_numpy_dtype(d)) for n, d in zip(names, dtypes, strict=True)])
-        writer = _arrow_writer(f, fmt, schema)
+        keyed = _keyed_schema(schema, outputs)
+        writer = _arrow_writer(f, fmt, keyed)
         try:
             for arrays in parts():
-                writer.write_batch(pa.RecordBatch.from_arrays([pa.array(a) for a in arrays], schema=schema))
+                batch = pa.RecordBatch.from_arrays([pa.array(a) for a in arrays[:n]], schema=schema)
+                writer.write_batch(_keyed_batch(batch, keyed, outputs, arrays))
         finally:
             writer.close()

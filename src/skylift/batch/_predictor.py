@@ -30,6 +30,9 @@ class Outputs:
     columns: tuple[tuple[str, str], ...] = ()
     """Named value columns (name, numpy dtype) instead of a class: a regressor's targets, or a
     language model's log-likelihood and token count. Empty for classifiers."""
+    key: str | None = None
+    """The name of a key column that leads every row (`path` for media files; None: no key). Its
+    values travel as the last array of each part."""
 
 
 def encode_part(arrays: list[np.ndarray]) -> bytes:
@@ -42,8 +45,9 @@ def encode_part(arrays: list[np.ndarray]) -> bytes:
 
 def decode_part(stream: BinaryIO, outputs: Outputs) -> list[np.ndarray]:
     """What `encode_part` wrote: class ids (n,), then proba (n, C) or top-k ids and probabilities (n, K);
-    or one (n,) array per value column."""
+    or one (n,) array per value column; then the keys (n,) when the outputs have a key column."""
     count = len(outputs.columns) or 1 + int(outputs.proba) + 2 * int(outputs.top_k is not None)
+    count += outputs.key is not None
     return [np.lib.format.read_array(stream, allow_pickle=False) for _ in range(count)]
 
 
@@ -127,3 +131,21 @@ class ValuesPredictor:
                     raise model_error(exc) from None
         values_nK = _cat(out, self.targets, np.float32)
         return len(values_nK), encode_part([values_nK[:, j] for j in range(self.targets)])
+
+
+class KeyedPredictor:
+    """Another predictor over batches of (keys, x): its part, then the chunk's keys as one more array."""
+
+    def __init__(self, inner: Predictor | ValuesPredictor) -> None:
+        self.inner = inner
+
+    def chunk(self, batches: Iterable[tuple[list[str], np.ndarray]]) -> tuple[int, bytes]:
+        keys: list[str] = []
+
+        def values() -> Iterable[np.ndarray]:
+            for batch_keys, x in batches:
+                keys.extend(batch_keys)
+                yield x
+
+        rows, data = self.inner.chunk(values())
+        return rows, data + encode_part([np.array(keys, dtype=str)])

@@ -76,6 +76,18 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "response cache cannot answer it)",
     )
     p.add_argument(
+        "--body-file",
+        metavar="FILE",
+        help="send FILE as every request's body, a plain POST (an image or audio file for a media model, "
+        "or a ready JSON request) instead of generated rows; the bodies are identical, so serve with "
+        "--cache none to measure the model",
+    )
+    p.add_argument(
+        "--content-type",
+        metavar="TYPE",
+        help="the Content-Type of --body-file (default: by its extension, .png .jpg .webp .wav .flac .json)",
+    )
+    p.add_argument(
         "--json", dest="json_path", metavar="PATH", help="write the JSON report to PATH ('-': stdout)"
     )
     tls = p.add_mutually_exclusive_group()
@@ -136,6 +148,8 @@ def _serve(args: argparse.Namespace) -> int:
         cacert=args.cacert,
         unique=not args.same_body,
         repeat=args.repeat,
+        body_file=args.body_file,
+        content_type=args.content_type,
     )
     to_stdout = args.json_path == "-"
     # With --json - stdout carries only the JSON (pipe it to jq); the tables go to stderr.

@@ -30,7 +30,8 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         required=True,
         metavar="SRC",
         help="features: .npy .npz .csv[.gz] .parquet, IDX images, builtin:NAME, or a folder of such files; "
-        "text models: .csv .parquet .jsonl (--text-column), language models also .txt (one text per line)",
+        "text models: .csv .parquet .jsonl (--text-column), language models also .txt (one text per line); "
+        "image/audio models: a folder of files, or a .txt (one path a line) or .csv ('path' column) list",
     )
     p.add_argument(
         "--output", required=True, metavar="DST", help="output file (.npz .npy .csv .parquet .jsonl)"
@@ -51,16 +52,14 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch-rows",
         type=_positive,
-        default=4096,
         metavar="B",
-        help="rows per forward pass (default: 4096)",
+        help="rows per forward pass (default: 4096; 64 for image/audio files)",
     )
     p.add_argument(
         "--chunk-rows",
         type=_positive,
-        default=16384,
         metavar="C",
-        help="rows per chunk, the unit of work and of resuming (default: 16384)",
+        help="rows per chunk, the unit of work and of resuming (default: 16384; 256 for image/audio files)",
     )
     p.add_argument(
         "--label-column",

@@ -48,6 +48,8 @@ class RequestTemplate:
     """Offset of the stamp in `body`."""
     binary: bool
     """Stamp as a little-endian float32 (else as 11 bytes of decimal text)."""
+    stamped: bool = True
+    """False: the body is a file, sent as it is (no stamp slot)."""
 
     @property
     def width(self) -> int:
@@ -62,6 +64,8 @@ class RequestTemplate:
 
     def body_for(self, n: int) -> bytes:
         """The body of request `n` (same length as `body`)."""
+        if not self.stamped:
+            return self.body
         return self.body[: self.slot] + self.stamp(n) + self.body[self.slot + self.width :]
 
     def request(self, n: int) -> bytes:
@@ -152,3 +156,20 @@ def _nest(flat_list: bytes, shape: list[int]) -> bytes:
     for dim in reversed(shape[1:]):
         items = [b"[" + b",".join(items[i : i + dim]) + b"]" for i in range(0, len(items), dim)]
     return b"[" + b",".join(items) + b"]"
+
+
+def file_template(
+    protocol: Protocol, target: Target, model: str, body: bytes, content_type: str, api_key: str | None = None
+) -> RequestTemplate:
+    """A plain POST of `body` (a file) to `protocol`'s route; sent as it is, never stamped."""
+    headers = {
+        "Host": target.authority,
+        "User-Agent": f"skylift-bench/{__version__}",
+        "Content-Type": content_type,
+        "Content-Length": str(len(body)),
+    }
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return RequestTemplate(
+        "POST", target.route(protocol, model), headers, body, 0, binary=False, stamped=False
+    )

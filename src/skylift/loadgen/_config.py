@@ -13,6 +13,16 @@ from skylift.errors import SpecError
 Protocol = Literal["v2-json", "v2-binary", "v1"]
 PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 
+FILE_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".webp": "image/webp",
+    ".wav": "audio/wav",
+    ".flac": "audio/flac",
+    ".json": "application/json",
+}
+"""The Content-Type of a --body-file, by its extension."""
 MAX_CONCURRENCY = 10_000  # open sockets; past this the client's file-descriptor limit bites first
 MAX_ROWS = 100_000
 
@@ -117,6 +127,11 @@ class BenchConfig:
     """With `unique`: the fraction of requests that repeat one fixed body (one in round(1/repeat))."""
     seed: int = 0
     """Seed of the random input rows."""
+    body_file: str | None = None
+    """Send this file as every request's body, a plain POST (an image or audio file for a media
+    model, or a ready JSON request), instead of generated rows; every body is the same."""
+    content_type: str | None = None
+    """The Content-Type of `body_file` (default: from its extension, see FILE_TYPES)."""
 
     def __post_init__(self) -> None:
         parse_url(self.url)
@@ -141,6 +156,28 @@ class BenchConfig:
             raise SpecError(f"cacert must be a PEM file, got {self.cacert!r} (no such file)")
         if (self.insecure or self.cacert) and not self.url.startswith("https:"):
             raise SpecError("insecure and cacert apply to https:// URLs only")
+        if self.body_file is not None:
+            self._check_body_file(self.body_file)
+        elif self.content_type is not None:
+            raise SpecError("content_type applies to a body_file")
+
+    def _check_body_file(self, path: str) -> None:
+        if not os.path.isfile(path):
+            raise SpecError(f"body_file must be a file, got {path!r} (no such file)")
+        if self.protocol == "v2-binary":
+            raise SpecError(
+                "body_file is sent as it is: use protocol v2-json (the V2 infer route) or v1 (TF-Serving's)"
+            )
+        if self.content_type is None and os.path.splitext(path)[1].lower() not in FILE_TYPES:
+            raise SpecError(
+                f"cannot tell the Content-Type of {path!r} from its extension "
+                f"({', '.join(FILE_TYPES)}): pass content_type"
+            )
+
+    @property
+    def body_type(self) -> str:
+        """The Content-Type a body_file is sent with."""
+        return self.content_type or FILE_TYPES[os.path.splitext(self.body_file or "")[1].lower()]
 
     @property
     def target(self) -> Target:

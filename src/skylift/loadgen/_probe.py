@@ -106,12 +106,15 @@ def _from_metadata(doc: dict[str, object]) -> InputSpec:
     outputs = doc.get("outputs") or [{}]
     if not isinstance(inputs, list) or not isinstance(outputs, list) or not isinstance(inputs[0], dict):
         raise TypeError("inputs and outputs must be lists of tensor metadata")
-    first = inputs[0]
-    if first.get("datatype", "FP32") != "FP32":
+    # A media model lists its BYTES input of encoded files first, then `input` (FP32, decoded).
+    numeric = [i for i in inputs if isinstance(i, dict) and i.get("datatype", "FP32") == "FP32"]
+    if not numeric:
+        first = inputs[0]
         raise SpecError(
             f"input {first.get('name')!r} has datatype {first.get('datatype')}; "
-            "skylift bench serve sends FP32 tensors only"
+            "skylift bench serve sends FP32 tensors only (or a file: --body-file)"
         )
+    first = numeric[0]
     shape = [int(d) for d in first["shape"]]
     row_shape = tuple(shape[1:]) if len(shape) > 1 else tuple(shape)
     if not row_shape or any(d < 1 for d in row_shape):

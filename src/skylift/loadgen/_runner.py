@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from skylift.errors import SkyliftError
-from skylift.loadgen._body import build_template, sample_rows
+from skylift.loadgen._body import RequestTemplate, build_template, file_template, sample_rows
 from skylift.loadgen._config import BenchConfig, auto_processes
 from skylift.loadgen._probe import discover, probe
 from skylift.loadgen._report import BenchReport, merge
@@ -44,17 +44,21 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] | None = None) 
     say = log or (lambda _message: None)
     target = config.target
     ctx = ssl_context(config.insecure, config.cacert) if target.tls else None
-    spec = discover(config, ctx)
-    x = sample_rows(config.rows, spec.row_shape, config.seed)
-    template = build_template(
-        config.protocol,
-        target,
-        config.model,
-        x,
-        input_name=spec.input_name,
-        output_name=spec.output_name,
-        api_key=config.api_key,
-    )
+    if config.body_file is not None:
+        template, what = _file(config)
+    else:
+        spec = discover(config, ctx)
+        x = sample_rows(config.rows, spec.row_shape, config.seed)
+        template = build_template(
+            config.protocol,
+            target,
+            config.model,
+            x,
+            input_name=spec.input_name,
+            output_name=spec.output_name,
+            api_key=config.api_key,
+        )
+        what = f"{list(x.shape)} (input shape from {spec.source})"
     probe(config, template, ctx)
     processes = min(config.processes or auto_processes(config.concurrency), config.concurrency)
     if config.requests is not None:
@@ -72,7 +76,7 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] | None = None) 
             body=template.body,
             slot=template.slot,
             binary=template.binary,
-            unique=config.unique,
+            unique=config.unique and template.stamped,
             repeat_every=round(1 / config.repeat) if config.repeat > 0 else 0,
             connections=_share(config.concurrency, processes, i),
             quota=None if config.requests is None else _share(config.requests, processes, i),
@@ -83,8 +87,8 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] | None = None) 
         for i in range(processes)
     ]
     say(
-        f"{config.protocol} {list(x.shape)} ({len(head) + len(template.body):,} bytes a request, "
-        f"input shape from {spec.source}) to {config.url}: {config.concurrency} connections, "
+        f"{config.protocol} {what}, {len(head) + len(template.body):,} bytes a request, "
+        f"to {config.url}: {config.concurrency} connections, "
         f"{processes} client process{'es' if processes > 1 else ''}, "
         f"{config.warmup_s:g} s warm-up + {config.duration_s:g} s"
     )
@@ -107,6 +111,21 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] | None = None) 
         measure_from=windows[0].measure_from,
         request_bytes=len(head) + len(template.body),
     )
+
+
+def _file(config: BenchConfig) -> tuple[RequestTemplate, str]:
+    """The request of a --body-file, and how the log names it."""
+    path = config.body_file or ""
+    try:
+        with open(path, "rb") as f:
+            body = f.read()
+    except OSError as exc:
+        raise SkyliftError(f"cannot read {path}: {exc.strerror or exc}") from None
+    template = file_template(
+        config.protocol, config.target, config.model, body, config.body_type, config.api_key
+    )
+    # Identical bodies: a response cache in the server would answer all but the first.
+    return template, f"{path} as {config.body_type} (the same body each time: serve with --cache none)"
 
 
 def _share(total: int, parts: int, i: int) -> int:

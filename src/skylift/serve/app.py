@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import re
 import sys
@@ -291,14 +292,17 @@ class App:
                         )
                     header_length = int(value)
             runtime = model.runtime
-            runtime.inputs.expect(1)
+            inputs = runtime.inputs
+            inputs.expect(1)
             try:
-                _content_type(scope, binary=header_length is not None)
-                req = runtime.inputs.decode_v2(
-                    await self._read(scope, receive), header_length, runtime.outputs
-                )
+                media = _content_type(scope, header_length is not None, inputs.media_types)
+                body = await self._read(scope, receive)
+                if media is None:
+                    req = inputs.decode_v2(body, header_length, runtime.outputs)
+                else:  # a plain POST of one file: every output, as JSON
+                    req = codec.V2Request(inputs.decode_file(body, media), _all(runtime.outputs), None)
             finally:
-                runtime.inputs.expect(-1)
+                inputs.expect(-1)
             out, cached = await self._predict(model, req.x)
         body, head_len = runtime.encode_v2(req, out)
         if head_len is None:
@@ -348,11 +352,15 @@ class App:
 
     async def _predict_v1(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
         with self._holding(route) as model:
-            _content_type(scope, binary=False)
             runtime = model.runtime
+            media = _content_type(scope, False, runtime.inputs.media_types)
             runtime.inputs.expect(1)
             try:
-                x, columnar = runtime.decode_v1(await self._read(scope, receive))
+                body = await self._read(scope, receive)
+                if media is None:
+                    x, columnar = runtime.decode_v1(body)
+                else:  # a plain POST of one file
+                    x, columnar = runtime.inputs.decode_file(body, media), False
             finally:
                 runtime.inputs.expect(-1)
             out, cached = await self._predict(model, x)
@@ -423,14 +431,28 @@ def _load_reference(body: bytes, name: str, repo: Repository) -> str:
     return ref
 
 
-def _content_type(scope: dict[str, Any], binary: bool) -> None:
+def _content_type(scope: dict[str, Any], binary: bool, media: tuple[bytes, ...] = ()) -> bytes | None:
+    """None for a JSON body (or V2 binary tensors), else the Content-Type of a plain POST of one
+    file that the model's runtime decodes (one of `media`); 415 for anything else."""
     for name, value in scope["headers"]:
         if name == b"content-type":
-            kind = value.split(b";")[0].strip().lower()
+            kind: bytes = value.split(b";")[0].strip().lower()
             # x-www-form-urlencoded: what `curl -d` sends for a JSON body; the body is still parsed as JSON.
-            ok = (*_JSON_TYPES, b"application/octet-stream") if binary else _JSON_TYPES
-            if kind not in ok:
-                raise BadRequest(f"Content-Type {kind.decode('latin-1')[:60]!r} is not supported here", 415)
+            if kind in _JSON_TYPES or (binary and kind == b"application/octet-stream"):
+                return None
+            if kind in media and not binary:
+                return kind
+            message = f"Content-Type {kind.decode('latin-1')[:60]!r} is not supported here"
+            if media:
+                message += f" (this model takes JSON, or one file as {b', '.join(media).decode()})"
+            raise BadRequest(message, 415)
+    return None
+
+
+@functools.cache
+def _all(outputs: tuple[str, ...]) -> tuple[tuple[str, bool], ...]:
+    """Every output of a runtime, as JSON."""
+    return tuple((name, False) for name in outputs)
 
 
 def _metadata(model: ServedModel) -> dict[str, Any]:

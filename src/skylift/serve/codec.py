@@ -98,10 +98,17 @@ def _shape(value: Any, where: str) -> list[int]:
     return value
 
 
+def _named(input_name: str, other_name: str | None) -> str:
+    return f"'{input_name}'" + (f" or '{other_name}'" if other_name else "")
+
+
 def _v2_input(
-    body: bytes, header_length: int | None, input_name: str
+    body: bytes, header_length: int | None, input_name: str, other_name: str | None = None
 ) -> tuple[dict[str, Any], dict[str, Any], bytes | None]:
-    """(JSON header, the one input tensor's spec, its binary data or None) of a V2 infer request."""
+    """(JSON header, the one input tensor's spec, its binary data or None) of a V2 infer request.
+
+    `other_name`: a second name the one tensor may have instead (a media model takes its encoded
+    files or the decoded `input`); the spec's "name" says which came."""
     if header_length is not None and not 0 < header_length <= len(body):
         raise BadRequest(
             f"Inference-Header-Content-Length {header_length} is outside the body's {len(body)} bytes"
@@ -111,10 +118,17 @@ def _v2_input(
         raise BadRequest("request must be a JSON object with an 'inputs' list")
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise BadRequest(f"'inputs' must be a list of exactly one tensor named '{input_name}'")
+        raise BadRequest(
+            f"'inputs' must be a list of exactly one tensor named {_named(input_name, other_name)}"
+        )
     spec = inputs[0]
-    if spec.get("name") != input_name:
-        raise BadRequest(f"unknown input {spec.get('name')!r:.60}: the model's input is '{input_name}'")
+    name = spec.get("name")
+    if name != input_name:
+        if other_name is None or name != other_name:
+            raise BadRequest(
+                f"unknown input {name!r:.60}: the model's input is {_named(input_name, other_name)}"
+            )
+        input_name = other_name
     params = spec.get("parameters") or {}
     binary_size = params.get("binary_data_size") if isinstance(params, dict) else None
     if binary_size is None:
@@ -140,6 +154,13 @@ def decode_v2(
 ) -> V2Request:
     """A V2 infer request of numeric rows: JSON tensors, or a JSON header plus binary tensor data."""
     header, spec, blob = _v2_input(body, header_length, INPUT_NAME)
+    return v2_rows(header, spec, blob, sig, outputs)
+
+
+def v2_rows(
+    header: dict[str, Any], spec: dict[str, Any], blob: bytes | None, sig: Signature, outputs: tuple[str, ...]
+) -> V2Request:
+    """The numeric tensor `spec` (with its binary data, if any) of a parsed V2 request, as rows."""
     where = _WHERE
     shape = _shape(spec.get("shape"), where)
     datatype = spec.get("datatype")
@@ -196,21 +217,29 @@ def _flat_strings(data: Any, where: str) -> list[Any]:
     return data
 
 
-def _split_bytes_tensor(blob: bytes, where: str) -> list[Any]:
-    """The elements of a binary BYTES tensor (see bytes_tensor), as UTF-8 strings."""
-    texts: list[Any] = []
+def split_bytes(blob: bytes, where: str) -> list[bytes]:
+    """The elements of a binary BYTES tensor (see bytes_tensor), as they are."""
+    elements: list[bytes] = []
     at = 0
     while at < len(blob):
         if at + 4 > len(blob):
             raise BadRequest(f"{where}: binary BYTES data ends inside an element's 4-byte length")
         (n,) = struct.unpack_from("<I", blob, at)
         if at + 4 + n > len(blob):
-            raise BadRequest(f"{where}: element {len(texts)} of {n} bytes runs past the binary data")
-        try:
-            texts.append(blob[at + 4 : at + 4 + n].decode("utf-8"))
-        except UnicodeDecodeError:
-            raise BadRequest(f"{where}: element {len(texts)} is not UTF-8 text") from None
+            raise BadRequest(f"{where}: element {len(elements)} of {n} bytes runs past the binary data")
+        elements.append(blob[at + 4 : at + 4 + n])
         at += 4 + n
+    return elements
+
+
+def _split_bytes_tensor(blob: bytes, where: str) -> list[Any]:
+    """The elements of a binary BYTES tensor (see bytes_tensor), as UTF-8 strings."""
+    texts: list[Any] = []
+    for i, raw in enumerate(split_bytes(blob, where)):
+        try:
+            texts.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise BadRequest(f"{where}: element {i} is not UTF-8 text") from None
     return texts
 
 
@@ -256,6 +285,11 @@ def bytes_tensor(labels: list[str]) -> bytes:
     return b"".join(parts)
 
 
+def pack_bytes(elements: tuple[bytes, ...] | list[bytes]) -> bytes:
+    """Raw elements in the V2 BYTES binary layout (see bytes_tensor)."""
+    return b"".join(part for raw in elements for part in (struct.pack("<I", len(raw)), raw))
+
+
 def encode_v2(
     model: str, version: str, req: V2Request, named: dict[str, np.ndarray | list[str]]
 ) -> tuple[bytes, int | None]:
@@ -290,7 +324,11 @@ def encode_v2(
 
 def decode_v1(body: bytes, sig: Signature) -> tuple[np.ndarray, bool]:
     """A TF-Serving `:predict` request -> (x, columnar); `instances` is row format, `inputs` columnar."""
-    req = _loads(body)
+    return v1_rows(_loads(body), sig)
+
+
+def v1_rows(req: Any, sig: Signature) -> tuple[np.ndarray, bool]:
+    """A parsed TF-Serving `:predict` request of numeric rows -> (x, columnar)."""
     if not isinstance(req, dict) or ("instances" in req) == ("inputs" in req):
         raise BadRequest("request must be a JSON object with either 'instances' or 'inputs'")
     columnar = "inputs" in req

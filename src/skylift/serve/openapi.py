@@ -5,12 +5,16 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from skylift.serve.media_codec import MEDIA_TYPES
+
 _ERROR = {
     "description": "error",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
 }
 _M = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
 _V = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+# A media model's plain POST of one file (docs/serving-media.md); other models answer 415.
+_FILES = tuple(kind.decode() for kinds in MEDIA_TYPES.values() for kind in kinds)
 
 
 def _op(summary: str, *, body: str | None = None, params: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
@@ -25,6 +29,13 @@ def _op(summary: str, *, body: str | None = None, params: tuple[dict[str, Any], 
     }
     if body:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"$ref": body}}}}
+    return op
+
+
+def _with_files(op: dict[str, Any]) -> dict[str, Any]:
+    """An inference route: also one image or audio file as the body (a media model)."""
+    files = {kind: {"schema": {"type": "string", "format": "binary"}} for kind in _FILES}
+    op["requestBody"]["content"].update(files)
     return op
 
 
@@ -45,10 +56,12 @@ def openapi(auth: bool = True) -> dict[str, Any]:
             "get": _op("model version readiness", params=(_M, _V))
         },
         "/v2/models/{model}/infer": {
-            "post": _op("inference (JSON or binary tensors)", body=v2_infer, params=(_M,))
+            "post": _with_files(
+                _op("inference (JSON or binary tensors, or one file)", body=v2_infer, params=(_M,))
+            )
         },
         "/v2/models/{model}/versions/{version}/infer": {
-            "post": _op("inference on a version", body=v2_infer, params=(_M, _V))
+            "post": _with_files(_op("inference on a version", body=v2_infer, params=(_M, _V)))
         },
         "/v2/repository/index": {"post": _op("models loaded (admin)")},
         "/v2/repository/models/{model}/load": {"post": _op("load or reload a model (admin)", params=(_M,))},
@@ -57,9 +70,11 @@ def openapi(auth: bool = True) -> dict[str, Any]:
         "/v1/models/{model}/versions/{version}": {
             "get": _op("TF-Serving model version status", params=(_M, _V))
         },
-        "/v1/models/{model}:predict": {"post": _op("TF-Serving predict", body=v1_predict, params=(_M,))},
+        "/v1/models/{model}:predict": {
+            "post": _with_files(_op("TF-Serving predict", body=v1_predict, params=(_M,)))
+        },
         "/v1/models/{model}/versions/{version}:predict": {
-            "post": _op("TF-Serving predict on a version", body=v1_predict, params=(_M, _V))
+            "post": _with_files(_op("TF-Serving predict on a version", body=v1_predict, params=(_M, _V)))
         },
         "/v1/models": {"get": _op("OpenAI: the served models")},
         "/v1/embeddings": {"post": _op("OpenAI: embeddings of texts (embedders)", body=openai)},

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from skylift.errors import SpecError
+from skylift.loadgen import BenchConfig
 from skylift.loadgen._body import (
     STAMPS,
     TEXT_STAMP_WIDTH,
     RequestTemplate,
     build_template,
+    file_template,
     sample_rows,
     stamp_value,
     text_stamp,
 )
 from skylift.loadgen._config import parse_url
+from skylift.loadgen._probe import _from_metadata
 
 TARGET = parse_url("http://127.0.0.1:8000")
 
@@ -132,3 +137,37 @@ def test_binary_stamp_is_written_in_place() -> None:
     assert isinstance(t, RequestTemplate) and t.width == 4
     assert t.body_for(7)[t.slot : t.slot + 4] == struct.pack("<f", stamp_value(7))
     assert t.body_for(7)[t.slot + 4 :] == t.body[t.slot + 4 :]
+
+
+def test_a_body_file_goes_as_it_is_with_its_type(tmp_path: Path) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+    t = file_template("v1", TARGET, "pets", png, "image/png", api_key="k")
+    (method, path, _), headers, body = split(t.request(0))
+    assert (method, path, body) == ("POST", "/v1/models/pets:predict", png)
+    assert headers["Content-Type"] == "image/png" and headers["Content-Length"] == str(len(png))
+    assert headers["Authorization"] == "Bearer k"
+    (tmp_path / "cat.png").write_bytes(png)
+    config = BenchConfig("http://127.0.0.1:1", "pets", body_file=str(tmp_path / "cat.png"))
+    assert config.body_type == "image/png"
+    for bad, says in (
+        ({"body_file": str(tmp_path / "nope.png")}, "body_file must be a file"),
+        ({"body_file": str(tmp_path / "cat.png"), "protocol": "v2-binary"}, "sent as it is"),
+        ({"content_type": "image/png"}, "content_type applies to a body_file"),
+    ):
+        with pytest.raises(SpecError, match=says):
+            BenchConfig("http://127.0.0.1:1", "pets", **bad)  # type: ignore[arg-type]
+    (tmp_path / "x.bin").write_bytes(b"x")
+    with pytest.raises(SpecError, match="cannot tell the Content-Type"):
+        BenchConfig("http://127.0.0.1:1", "pets", body_file=str(tmp_path / "x.bin"))
+
+
+def test_a_media_models_numeric_input_is_found_after_its_files() -> None:
+    meta = {
+        "inputs": [
+            {"name": "image", "datatype": "BYTES", "shape": [-1]},
+            {"name": "input", "datatype": "FP32", "shape": [-1, 1, 28, 28]},
+        ],
+        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}],
+    }
+    spec = _from_metadata(meta)
+    assert (spec.input_name, spec.row_shape, spec.source) == ("input", (1, 28, 28), "metadata")

@@ -43,12 +43,20 @@ class Context:
 
 
 class Inputs(ABC):
-    """How a runtime's inputs arrive and queue: numeric rows (one batcher) or texts (tokenized,
-    batched by length bucket). Same threading contract as Runtime."""
+    """How a runtime's inputs arrive and queue: numeric rows (one batcher), texts (tokenized,
+    batched by length bucket) or media files (decoded off the event loop, then numeric rows). Same
+    threading contract as Runtime."""
+
+    media_types: tuple[bytes, ...] = ()
+    """Content-Types of a plain POST of one file that `decode_file` takes (lower case)."""
 
     @abstractmethod
     def metadata(self) -> list[dict[str, Any]]:
         """The V2 input tensors."""
+
+    def decode_file(self, body: bytes, media_type: bytes) -> Any:
+        """Inputs from a plain POST of one file whose Content-Type is one of `media_types`."""
+        raise BadRequest(f"Content-Type {media_type.decode('latin-1')[:60]!r} is not supported here", 415)
 
     @abstractmethod
     def decode_v2(self, body: bytes, header_length: int | None, outputs: tuple[str, ...]) -> V2Request: ...
@@ -115,12 +123,13 @@ class Runtime(ABC):
     """One served version of one kind of model (found by its signature's `kind` in RUNTIMES).
 
     Contract: `decode_*` run on the event loop, keep no state and raise BadRequest (a 4xx) for bad
-    input; `infer` queues decoded inputs on the runtime's batcher(s) and returns float32 outputs
-    (R, O), one row per input, which the HTTP layer may cache and hand to `encode_*` later; `start`
-    runs on the event loop before the first request, `stop` answers what is queued and then
-    releases the model thread. The HTTP layer, auth, codecs and metrics know nothing else of the
-    kind. A route a kind does not serve (OpenAI embeddings of a classifier) raises Unsupported, a
-    400 naming the kind.
+    input (work too heavy for the loop, such as decoding an image, is left to `infer`, which does
+    it on a thread pool and raises BadRequest likewise); `infer` queues decoded inputs on the
+    runtime's batcher(s) and returns float32 outputs (R, O), one row per input, which the HTTP
+    layer may cache and hand to `encode_*` later; `start` runs on the event loop before the first
+    request, `stop` answers what is queued and then releases the model thread. The HTTP layer,
+    auth, codecs and metrics know nothing else of the kind. A route a kind does not serve (OpenAI
+    embeddings of a classifier) raises Unsupported, a 400 naming the kind.
     """
 
     kind: ClassVar[str]

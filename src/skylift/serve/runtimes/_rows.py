@@ -83,7 +83,7 @@ class NumericRows(Batched):
     def decode_v1(self, body: bytes) -> tuple[np.ndarray, bool]:
         return codec.decode_v1(body, self.signature)
 
-    def cache_input(self, x: np.ndarray) -> np.ndarray:
+    def cache_input(self, x: np.ndarray) -> np.ndarray | bytes:
         return x
 
     def submit(self, x: np.ndarray, deadline: float) -> Awaitable[np.ndarray]:
