@@ -338,7 +338,11 @@ def _agent(
     try:
         # The agent's shared store outlives a restart, and gloo would read the dead workers'
         # addresses left in it; with sharing off, every attempt's rank 0 hosts a fresh store.
-        with agent_store(shared=False), _agent_log(logs / "agent.log", p.max_restarts, fatal):
+        with (
+            agent_store(shared=False),
+            _agent_log(logs / "agent.log", p.max_restarts, fatal),
+            _worker_env(_FSDP_ENV if p.strategy == "fsdp" else {}),
+        ):
             elastic_launch(config, sys.executable)(*args)
     except SignalException:  # SIGTERM/SIGINT: the agent has already stopped every worker
         raise KeyboardInterrupt from None
@@ -359,6 +363,25 @@ def _agent(
             f"training failed: worker rank {rank} {how} after {p.max_restarts} restart(s){kept} "
             f"(worker logs: {logs})"
         ) from None
+
+
+# FSDP gathers and frees each block's full parameters and gradients every step. Past glibc's first
+# large free its mmap threshold rises (up to 32 MB), so later buffers come from the heap and are
+# not returned: peak RSS then kept what FSDP had freed (an FSDP rank peaked as high as a DDP rank,
+# benchmarks/RESULTS.md). A fixed threshold of 128 KiB returns every large buffer when freed.
+_FSDP_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
+@contextlib.contextmanager
+def _worker_env(extra: dict[str, str]) -> Iterator[None]:
+    """The spawned workers inherit `extra` (unless the user set those variables); restored after."""
+    added = {k: v for k, v in extra.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 @contextlib.contextmanager
