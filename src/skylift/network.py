@@ -118,5 +118,19 @@ def advertise(
     return node.address
 
 
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost (a name counts only if every address it resolves to is
+    loopback): where a server may run without API keys."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return all(ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, None))
+        except OSError:
+            return False
+
+
 def _listed(addresses: dict[str, str]) -> str:
     return ", ".join(f"{name} {a}" for name, a in sorted(addresses.items())) or "none found"

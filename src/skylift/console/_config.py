@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from skylift.errors import SpecError
+from skylift.network import is_loopback
 
 
 @dataclass(frozen=True)
@@ -58,20 +57,3 @@ class ConsoleConfig:
                 f"{where} needs API keys and {self.keys} has none usable: create one with "
                 "`skylift keys create --name NAME --scope predict,metrics,admin`"
             )
-
-
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 or localhost (a name counts only if every address it has is loopback).
-
-    The same rule as `skylift serve` (serve.config.is_loopback); repeated here because the console
-    must not import the serving package.
-    """
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        try:
-            return all(ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, None))
-        except OSError:
-            return False

@@ -5,8 +5,9 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
-from skylift.console._config import ConsoleConfig, is_loopback
+from skylift.console._config import ConsoleConfig
 from skylift.errors import SkyliftError
+from skylift.network import is_loopback
 
 
 def _listen(host: str, port: int) -> socket.socket:

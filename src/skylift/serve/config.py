@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from skylift.errors import SpecError
+from skylift.network import is_loopback
 
 if TYPE_CHECKING:
     from skylift.security import MasterKey
@@ -129,15 +128,3 @@ class ServeConfig:
     @property
     def audit(self) -> Path:
         return self.audit_log or self.home / "audit.log"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        try:
-            return all(ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, None))
-        except OSError:
-            return False
