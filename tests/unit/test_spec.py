@@ -257,3 +257,131 @@ def test_the_serve_section_is_not_part_of_the_spec_hash() -> None:
     spec = load_spec(EXAMPLE)
     assert spec_hash(load_spec(EXAMPLE, ["serve.max_batch_rows=8", "serve.replicas=1"])) == spec_hash(spec)
     assert spec_hash(load_spec(EXAMPLE, ["train.epochs=3"])) != spec_hash(spec)
+
+
+def _media(data: dict[str, Any], model: dict[str, Any] | None = None) -> JobSpec:
+    raw = {
+        "name": "media",
+        "data": {"train": "folder", **data},
+        "model": model or {"layers": [{"global_avgpool": {}}, {"dense": {"units": 2}}]},
+    }
+    return parse_spec(raw)
+
+
+def test_media_sections_fill_in_their_defaults() -> None:
+    image = _media({"image": {"size": 32}}).data.image
+    assert image is not None and image.size == [32, 32] and image.channels is None and image.fit == "resize"
+    assert not image.augment.active and image.mean == [0.0] and image.std == [1.0]
+    audio = _media({"audio": {}}).data.audio
+    assert audio is not None and (audio.sample_rate, audio.n_mels, audio.shape) == (16000, 40, (40, 101))
+    spec = _media({"image": {"size": [24, 32], "augment": {"flip": True}}})
+    assert spec.to_dict()["data"]["image"]["augment"]["flip"] is True
+    assert spec_hash(spec) != spec_hash(_media({"image": {"size": [24, 32]}}))  # augmentation is trained
+
+
+@pytest.mark.parametrize(
+    "audio",
+    [{}, {"sample_rate": 8000, "duration_s": 1.5, "n_fft": 256, "hop_length": 128, "n_mels": 32}],
+)
+def test_the_spec_computes_the_audio_shape_the_data_layer_yields(audio: dict[str, Any]) -> None:
+    from skylift.data._audio import AudioPrep
+
+    a = _media({"audio": audio}).data.audio
+    assert a is not None
+    assert a.shape == AudioPrep(a.sample_rate, a.duration_s, a.n_mels, a.n_fft, a.hop_length).shape
+
+
+@pytest.mark.parametrize(
+    ("data", "model", "message"),
+    [
+        (
+            {"image": {"size": [32, 32, 3]}},
+            None,
+            "data.image.size: must be [height, width] with sizes in 1..4096",
+        ),
+        ({"image": {"size": 0}}, None, "data.image.size: must be [height, width]"),
+        ({"image": {"size": 8, "channels": 2}}, None, "data.image.channels: input should be 1 or 3"),
+        ({"image": {"size": 8, "mean": [0.1, 0.2]}}, None, "data.image.mean: needs 1 or 3 values"),
+        ({"image": {"size": 8, "channels": 1, "std": [1, 1, 1]}}, None, "data.image.std: needs 1 value"),
+        ({"image": {"size": 8, "std": [0.0]}}, None, "data.image.std: must hold values > 0"),
+        (
+            {"image": {"size": 8, "fit": "stretch"}},
+            None,
+            "data.image.fit: input should be 'resize' or 'crop'",
+        ),
+        (
+            {"image": {"size": 8, "augment": {"flip": 3}}},
+            None,
+            "data.image.augment.flip: input should be a valid",
+        ),
+        (
+            {"image": {"size": 8, "augment": {"rotate_degrees": 270}}},
+            None,
+            "rotate_degrees: input should be less",
+        ),
+        ({"image": {"size": 8, "augment": {"spin": True}}}, None, "data.image.augment.spin: unknown field"),
+        ({"audio": {"n_mels": 300}}, None, "data.audio: n_mels 300 is more than the 201 frequency bins"),
+        ({"audio": {"duration_s": 0.01}}, None, "is 160 samples, shorter than one n_fft window of 400"),
+        (
+            {"audio": {"augment": {"time_mask": 101}}},
+            None,
+            "augment.time_mask 101 would blank all 101 frames",
+        ),
+        (
+            {"audio": {"sample_rate": 100}},
+            None,
+            "data.audio.sample_rate: input should be greater than or equal",
+        ),
+        ({"image": {"size": 8}, "audio": {}}, None, "data.image and data.audio exclude each other"),
+        ({"path_column": "file"}, None, "data.path_column applies to tables of image or audio files"),
+        (
+            {"image": {"size": 8}, "text_column": "t", "tokenizer": {}},
+            None,
+            "data.image and data.text_column",
+        ),
+        (
+            {"image": {"size": [8, 10], "channels": 3}},
+            {"input_shape": [1, 8, 10], "layers": [{"dense": {"units": 2}}]},
+            "model.input_shape [1, 8, 10] does not fit data.image (size [8, 10], channels 3), "
+            "which gives [3, 8, 10]: leave model.input_shape out",
+        ),
+        (
+            {"image": {"size": 8}},
+            {"input_shape": [2, 8, 8], "layers": [{"dense": {"units": 2}}]},
+            "which gives [1 or 3, 8, 8]",
+        ),
+        (
+            {"audio": {}},
+            {"input_shape": [40, 100], "layers": [{"dense": {"units": 2}}]},
+            "model.input_shape [40, 100] does not fit data.audio, whose log-mel spectrogram is [40, 101]",
+        ),
+    ],
+)
+def test_bad_media_fields_get_one_line_naming_field_value_and_fix(
+    data: dict[str, Any], model: dict[str, Any] | None, message: str
+) -> None:
+    with pytest.raises(SpecError) as info:
+        _media(data, model)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_media_applies_to_classification_only() -> None:
+    raw = {
+        "name": "m",
+        "task": "regression",
+        "data": {"train": "f", "image": {"size": 8}},
+        "model": {"layers": [{"dense": {"units": 1}}]},
+    }
+    with pytest.raises(SpecError, match=r"data\.image applies to classification, not regression"):
+        parse_spec(raw)
+
+
+def test_a_matching_input_shape_and_a_tune_space_over_media_fields_are_accepted() -> None:
+    spec = _media(
+        {"image": {"size": [8, 10], "channels": 1}},
+        {"input_shape": [1, 8, 10], "layers": [{"dense": {"units": 2}}]},
+    )
+    assert spec.model.input_shape == [1, 8, 10]
+    raw = spec.to_dict()
+    raw["tune"] = {"space": {"data.image.augment.rotate_degrees": {"uniform": [0, 20]}}}
+    assert parse_spec(raw).tune.space

@@ -4,8 +4,10 @@ Sources: `builtin:digits`, `builtin:digits28`, .npz, .npy pairs, .csv, .parquet 
 files or folders; see `read_source`. `open_features` reads the features of such a source (or a
 folder of files) a chunk at a time, for batch inference on inputs larger than memory. Text:
 `read_text_table` (texts with labels or targets), `read_corpus` (.txt documents),
-`TextTokenizer`, and `tokenize_corpus` + `TokenBlocks` for corpora larger than memory. Every
-problem with a source is a one-line `DataError`.
+`TextTokenizer`, and `tokenize_corpus` + `TokenBlocks` for corpora larger than memory. Image
+and audio files (class folders or a table of paths, with `data.image` / `data.audio` in the spec)
+go through `load_splits` too: decoded once by `ImagePrep` / `AudioPrep`, cached on disk by
+content (`_media_source`). Every problem with a source is a one-line `DataError`.
 """
 
 from __future__ import annotations

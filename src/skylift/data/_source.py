@@ -12,6 +12,7 @@ from skylift.data._builtin import builtin_names, read_builtin
 from skylift.data._dataset import Dataset
 from skylift.data._idx import is_idx_name, read_idx_folder, read_idx_pair
 from skylift.data._io import first_line
+from skylift.data._media_files import MEDIA_EXAMPLE, media_folder_kind
 from skylift.data._tables import read_table
 from skylift.errors import DataError
 
@@ -58,6 +59,12 @@ def _read_path(
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if path.is_dir():
+        kind = media_folder_kind(path)
+        if kind is not None:
+            raise DataError(
+                f"{path}: holds class folders of {kind} files; they are read with data.{kind} in the spec "
+                f"(e.g. data.{kind}: {MEDIA_EXAMPLE[kind]}), see docs/media.md"
+            )
         return read_idx_folder(path, classes)
     name = path.name.lower()
     if name.endswith(".npz"):

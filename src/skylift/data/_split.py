@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -46,14 +47,20 @@ def stratified_rows(
     return np.sort(grouped_N[~held_N]), np.sort(grouped_N[held_N])
 
 
-def load_splits(spec: DataSpec, seed: int) -> Splits:
+def load_splits(spec: DataSpec, seed: int, cache: Path | None = None) -> Splits:
     """The train/val/test sets a data spec describes.
 
     test = the `spec.test` source (its bundled test set when it has one, e.g. the x_test/y_test
     of a Keras .npz), else the train source's bundled test set, else a stratified `test_split` of
     train when > 0, else None. Then val = a stratified `validation_split` of the remaining train.
     Test labels are mapped onto the train set's classes. Both splits use `seed`.
+    Image and audio files (`data.image`, `data.audio`) are decoded once and kept in `cache`
+    (SKYLIFT_HOME/cache) when given; see `skylift.data._media_source`.
     """
+    if spec.image is not None or spec.audio is not None:
+        from skylift.data._media_source import load_media_splits
+
+        return load_media_splits(spec, seed, cache)[0]
     data, bundled = read_source(spec.train, spec.label_column)
     test: Dataset | None
     if spec.test is not None:
@@ -65,11 +72,11 @@ def load_splits(spec: DataSpec, seed: int) -> Splits:
         _same_shape(f"{spec.train} (its test set)", test, data)
     elif spec.test_split > 0:
         data, test = stratified_split(data, spec.test_split, seed)
-        _non_empty(spec.train, test, "test_split")
+        non_empty(spec.train, test, "test_split")
     else:
         test = None
     train, val = stratified_split(data, spec.validation_split, seed)
-    _non_empty(spec.train, val, "validation_split")
+    non_empty(spec.train, val, "validation_split")
     return Splits(train=train, val=val, test=test)
 
 
@@ -80,7 +87,7 @@ def _same_shape(source: str, test: Dataset, train: Dataset) -> None:
         )
 
 
-def _non_empty(source: str, held: Dataset, field: str) -> None:
+def non_empty(source: str, held: Dataset, field: str) -> None:
     if len(held) == 0:
         raise DataError(
             f"{source}: too few samples for data.{field}: every class has a single sample, "

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from skylift.models import _modules as m
+from skylift.models import _residual as res
 from skylift.models import _tokens as tok
 from skylift.models import _transformer as tf
 from skylift.models._params import (
@@ -36,6 +37,7 @@ from skylift.models._params import (
     PositionEmbeddingParams,
     RecurrentParams,
     ReshapeParams,
+    ResidualParams,
     SequencePoolParams,
     TokenEmbeddingParams,
     TransformerEncoderParams,
@@ -167,6 +169,27 @@ def _conv1d(p: ConvParams, shape: Shape, ctx: Context) -> nn.Module:
 
 def _conv2d(p: ConvParams, shape: Shape, ctx: Context) -> nn.Module:
     return _conv(p, shape, 2)
+
+
+def _residual(p: ResidualParams, shape: Shape, ctx: Context) -> nn.Module:
+    _need_rank(shape, (2, 3), "[channels, length] or [channels, height, width]")
+    dims = len(shape) - 1
+    kernel = _per_dim(p.kernel_size, dims, "kernel_size")
+    if any(k % 2 == 0 for k in kernel):
+        raise LayerProblem(f"must be odd, so each block keeps the size; got {list(kernel)}", "kernel_size")
+    stride = _per_dim(p.stride, dims, "stride")
+    blocks = [
+        res.ResidualBlock(
+            dims,
+            shape[0] if i == 0 else p.filters,
+            p.filters,
+            kernel,
+            stride if i == 0 else (1,) * dims,
+            m.make_activation(p.activation),
+        )
+        for i in range(p.repeat)
+    ]
+    return nn.Sequential(*blocks)
 
 
 def _pool(p: PoolParams, shape: Shape, average: bool) -> nn.Module:
@@ -317,6 +340,7 @@ LAYERS: dict[str, LayerType] = {
     "reshape": LayerType(ReshapeParams, _reshape),
     "conv1d": LayerType(ConvParams, _conv1d),
     "conv2d": LayerType(ConvParams, _conv2d),
+    "residual": LayerType(ResidualParams, _residual),
     "maxpool": LayerType(PoolParams, _maxpool),
     "avgpool": LayerType(PoolParams, _avgpool),
     "global_avgpool": LayerType(GlobalAvgPoolParams, _global_avgpool),

@@ -107,6 +107,19 @@ class PoolParams(_Params):
     """Step between windows; default: the window size."""
 
 
+class ResidualParams(_Params):
+    filters: int = Field(gt=0)
+    """Output channels of every block."""
+    kernel_size: Size = 3
+    """Kernel size (odd, so the blocks pad to keep the size): one int, or one per spatial dim."""
+    stride: Size = 1
+    """Stride of the first block (2 halves each spatial dim); the others use 1."""
+    repeat: int = Field(default=1, gt=0)
+    """Blocks stacked, each a separate module."""
+    activation: Literal["relu", "gelu", "silu", "elu", "leaky_relu", "tanh"] = "relu"
+    """Activation inside each block and after the addition."""
+
+
 class GlobalAvgPoolParams(_Params):
     """Mean over every dim after the channel dim; no parameters."""
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     import torch
 
+    from skylift.data._augment import BatchAugment
     from skylift.data._rows import Rows
     from skylift.spec import JobSpec, ModelSpec, TrainSpec
 
@@ -41,6 +42,8 @@ class TaskData:
     """SHA-256 of the training data (the data hash in a model's lineage)."""
     extras: dict[str, Any] = field(default_factory=dict)
     """Task-private facts for the run (e.g. text bytes per token for bits per byte)."""
+    augment: BatchAugment | None = None
+    """Training-time change of a training batch (rows idx_b in epoch e): media augmentation; None: none."""
 
 
 class Task(ABC):

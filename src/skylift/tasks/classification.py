@@ -77,6 +77,10 @@ class Classification(Task):
             from skylift.tasks._text import load_text_classification
 
             return load_text_classification(spec)
+        if spec.data.image is not None or spec.data.audio is not None:
+            from skylift.tasks._media import load_media_classification
+
+            return load_media_classification(spec, cache)
         from skylift.data import load_splits
 
         splits = load_splits(spec.data, seed=spec.train.seed)

@@ -42,11 +42,16 @@ def reads_text(meta: dict[str, Any]) -> bool:
     return meta.get("input") == "text" or meta.get("task") == "language_modeling"
 
 
+def reads_media(meta: dict[str, Any]) -> bool:
+    """Whether the model reads image or audio files (its recorded preprocessing decodes them)."""
+    return meta.get("input") in ("image", "audio")
+
+
 def check_input_kind(meta: dict[str, Any], source: str, what: str) -> None:
     """DataError when a text model is given numeric data or a numeric model is given text."""
     suffix = Path(source.strip()).suffix.lower()
-    if meta.get("task") == "language_modeling":
-        return  # read_corpus names what it accepts
+    if meta.get("task") == "language_modeling" or reads_media(meta):
+        return  # read_corpus and list_media name what they accept
     if reads_text(meta):
         if suffix not in TABLE_SUFFIXES:
             raise DataError(
@@ -76,6 +81,8 @@ def eval_data(
     extras: dict[str, Any] = {}
     if task == "language_modeling":
         rows, extras = _corpus_rows(meta, tokenizer_json, source, what, cache)
+    elif reads_media(meta):
+        rows = _media_rows(meta, source, label_column, cache)
     elif reads_text(meta):
         rows = _text_rows(meta, tokenizer_json, source, what, label_column, text_column_of(meta, text_column))
     elif task == "regression":
@@ -99,6 +106,24 @@ def _feature_rows(meta: dict[str, Any], source: str, label_column: str) -> Rows:
     ds, bundled_test = read_source(source, label_column=label_column, classes=tuple(meta["classes"]))
     # An IDX folder or Keras-style npz holds train + test: evaluation uses the held-out part.
     ds = bundled_test if bundled_test is not None else ds
+    return TensorRows(*as_input(ds, tuple(meta["input_shape"])))
+
+
+def _media_rows(meta: dict[str, Any], source: str, label_column: str, cache: Path) -> Rows:
+    """Image or audio files decoded with the model's recorded preprocessing, not any spec's."""
+    from skylift.data._image import ImagePrep
+    from skylift.data._media import preprocessing_from_json
+    from skylift.data._media_files import MediaKind, list_media
+    from skylift.data._media_source import read_media
+    from skylift.data._rows import TensorRows
+    from skylift.tasks.classification import as_input
+
+    prep = preprocessing_from_json(meta.get("preprocessing"))
+    if prep is None:
+        raise DataError(f"the model reads {meta['input']} files but records no preprocessing; re-register it")
+    kind: MediaKind = "image" if isinstance(prep, ImagePrep) else "audio"
+    files = list_media(source, kind, path_column=meta.get("path_column"), label_column=label_column)
+    ds = read_media(files, prep, tuple(str(c) for c in meta["classes"]), cache)
     return TensorRows(*as_input(ds, tuple(meta["input_shape"])))
 
 

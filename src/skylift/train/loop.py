@@ -343,6 +343,8 @@ def fit(
             for i, (lo, hi) in enumerate(group):
                 idx_b = perm_N[lo:hi][parallel.my_slice(hi - lo, dist)]
                 x_bS, y_bK = train_rows.take(idx_b)
+                if data.augment is not None:  # a function of (seed, epoch, row): resumes exactly
+                    x_bS = data.augment(x_bS, idx_b, epoch)
                 # gradients are all-reduced once per optimizer step, on the group's last batch
                 sync = i == len(group) - 1 or not dist.distributed
                 if shards and dist.distributed:

@@ -18,8 +18,8 @@ CASES: dict[str, tuple[list[Any], tuple[int, ...], str]] = {
         (784,),
         "model.layers[0]: unknown layer type 'dens' (did you mean 'dense'? known: activation, avgpool, "
         "batchnorm, conv1d, conv2d, decoder_block, dense, dropout, embedding, flatten, global_avgpool, gru, "
-        "layernorm, lm_head, lstm, maxpool, norm, pool, position_embedding, reshape, token_embedding, "
-        "transformer_encoder)",
+        "layernorm, lm_head, lstm, maxpool, norm, pool, position_embedding, reshape, residual, "
+        "token_embedding, transformer_encoder)",
     ),
     "unknown_param": (
         [{"dense": {"unit": 10}}],
