@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,35 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
     # None: the first model's spec `serve:` section decides, else ServeSpec's default (see _settings).
-    p.add_argument("--replicas", type=int, help="worker processes on the one port (default: spec, else 2)")
+    p.add_argument(
+        "--replicas",
+        metavar="N|MIN:MAX",
+        help="worker processes on the one port; MIN:MAX scales between them with the load "
+        "(default: spec, else 2)",
+    )
+    p.add_argument(
+        "--scale-up-wait-ms",
+        metavar="MS",
+        type=_positive,
+        default=10.0,
+        help="MIN:MAX adds replicas when the mean queue wait over 2 s passes this (default 10)",
+    )
+    p.add_argument(
+        "--scale-up-rows",
+        metavar="ROWS",
+        type=_rows,
+        help="... or when the queued rows per replica pass this (default: 2 x --max-batch-rows)",
+    )
+    p.add_argument(
+        "--scale-down-idle-s",
+        metavar="S",
+        type=_positive,
+        default=30.0,
+        help="MIN:MAX removes a replica after this long under half of both targets (default 30)",
+    )
+    p.add_argument(
+        "--oversubscribe", action="store_true", help="let MIN:MAX run more replicas than there are cores"
+    )
     p.add_argument("--max-batch-rows", type=int, help="rows per model batch (default: spec, else 64)")
     p.add_argument(
         "--max-delay-ms", type=float, help="longest wait for a batch to fill (default: spec, else 2)"
@@ -74,6 +103,24 @@ def rate_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--rate-limit ")) from None
 
 
+def _positive(text: str) -> float:
+    """argparse type of the autoscaling thresholds: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
+def _rows(text: str) -> int:
+    """argparse type of --scale-up-rows: a whole number >= 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 # Flags whose default comes from the served model's spec (its `serve:` section, in model.json).
 _FROM_SPEC = ("replicas", "max_batch_rows", "max_delay_ms", "cache_mb")
 
@@ -94,6 +141,7 @@ def _settings(args: argparse.Namespace, home: Path) -> dict[str, Any]:
     defaults = ServeSpec().model_dump()
     settings = {**defaults, **(section or {})}
     # Named only where the spec changed the outcome: no flag given, and not the built-in value.
+    # The spec's serve.replicas is a fixed count; a range is the host's business (--replicas MIN:MAX).
     taken = [k for k in _FROM_SPEC if getattr(args, k) is None and settings[k] != defaults[k]]
     settings.update({k: getattr(args, k) for k in _FROM_SPEC if getattr(args, k) is not None})
     if taken:
@@ -108,16 +156,26 @@ def _settings(args: argparse.Namespace, home: Path) -> dict[str, Any]:
 def _serve(args: argparse.Namespace) -> int:
     from skylift.home import skylift_home
     from skylift.serve import ServeConfig, serve
+    from skylift.serve.autoscale import parse_replicas
 
+    if args.replicas is not None:  # checked before the registry is read: "error: --replicas ..."
+        args.replicas = parse_replicas(args.replicas)
     home = skylift_home(args.home)
     settings = _settings(args, home)
+    replicas = settings["replicas"]  # (MIN, MAX) from the flag, or the spec's fixed count
+    low, high = replicas if isinstance(replicas, tuple) else (replicas, replicas)
     config = ServeConfig(
         models=tuple(args.models),
         home=home,
         state_dir=Path("."),  # replaced by serve() with a private temp folder
         host=args.host,
         port=args.port,
-        replicas=settings["replicas"],
+        replicas=low,
+        max_replicas=high,
+        scale_up_wait_ms=args.scale_up_wait_ms,
+        scale_up_rows=args.scale_up_rows or 0,
+        scale_down_idle_s=args.scale_down_idle_s,
+        oversubscribe=args.oversubscribe,
         max_batch_rows=settings["max_batch_rows"],
         max_delay_ms=settings["max_delay_ms"],
         max_batch_tokens=args.max_batch_tokens,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,17 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     replicas: int = 2
+    """Replicas at start; with max_replicas, the fewest that autoscaling keeps."""
+    max_replicas: int = 0
+    """Most replicas autoscaling may run (0 or `replicas`: a fixed count, no autoscaling)."""
+    scale_up_wait_ms: float = 10.0
+    """Add replicas when the mean queue wait per request (loop lag + batcher wait) passes this over 2 s."""
+    scale_up_rows: int = 0
+    """... or when the mean queued rows per replica pass this (0: 2 x max_batch_rows)."""
+    scale_down_idle_s: float = 30.0
+    """Remove a replica after this long below half of both scale-up targets."""
+    oversubscribe: bool = False
+    """Let autoscaling run more replicas than the machine has cores."""
     max_batch_rows: int = 64
     max_batch_tokens: int = 8192
     """Tokens per batch of a text model (rows x their length bucket), besides max_batch_rows."""
@@ -59,6 +71,10 @@ class ServeConfig:
     """Requests per second per API key, shared by all replicas (0: no limit); keys may override."""
 
     @property
+    def autoscales(self) -> bool:
+        return self.max_replicas > self.replicas
+
+    @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 2**20)
 
@@ -81,9 +97,18 @@ class ServeConfig:
             ("--max-queue-rows", self.max_queue_rows, 1),
             ("--timeout-ms", self.timeout_ms, 1),
             ("--port", self.port, 0),
+            ("--scale-up-rows", self.scale_up_rows, 0),
         ):
             if value < low:
                 raise SpecError(f"{name} must be >= {low}, got {value}")
+        if self.max_replicas and self.max_replicas < self.replicas:
+            raise SpecError(f"--replicas MIN:MAX needs MIN <= MAX, got {self.replicas}:{self.max_replicas}")
+        for name, positive in (
+            ("--scale-up-wait-ms", self.scale_up_wait_ms),
+            ("--scale-down-idle-s", self.scale_down_idle_s),
+        ):
+            if not 0 < positive < math.inf:
+                raise SpecError(f"{name} must be a number > 0, got {positive}")
         if self.port > 65535:
             raise SpecError(f"--port must be <= 65535, got {self.port}")
         if self.runtime not in ("torch", "onnx"):

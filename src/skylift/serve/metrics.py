@@ -10,12 +10,15 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from skylift import _atomic
 
+SUPERVISOR_FILE = "supervisor.json"
+"""The supervisor's own series (replica counts, autoscaling), rendered by any replica's /metrics."""
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -55,6 +58,8 @@ class Metrics:
     def snapshot(self) -> dict[str, Any]:
         return {
             "replica": self.replica,
+            "pid": os.getpid(),  # the supervisor tells a fresh replica's snapshot from its predecessor's
+            "time": time.time(),  # when taken: the supervisor's load rates divide by it
             "requests": dict(self.requests),
             "latency": dict(self.latency),
             "latency_sum": dict(self.latency_sum),
@@ -79,7 +84,25 @@ class Metrics:
                 except (OSError, ValueError):
                     continue  # a replica being replaced; its next snapshot will be back
                 snaps.setdefault(int(snap["replica"]), snap)
-        return _render([snaps[k] for k in sorted(snaps)])
+        text = _render([snaps[k] for k in sorted(snaps)])
+        return text + _render_supervisor(self.folder / SUPERVISOR_FILE) if self.folder else text
+
+
+def _render_supervisor(path: Path) -> str:
+    """Series the supervisor writes as {"series": [[name, type, help, labels, value], ...]}."""
+    try:
+        series = json.loads(path.read_text())["series"]
+    except (OSError, ValueError, KeyError):
+        return ""  # a server without a supervisor file (tests), or one being replaced
+    lines: list[str] = []
+    named: set[str] = set()
+    for name, kind, text, labels, value in series:
+        if name not in named:
+            named.add(name)
+            lines += [f"# HELP skylift_{name} {text}", f"# TYPE skylift_{name} {kind}"]
+        shown = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        lines.append(f"skylift_{name}{{{shown}}} {value}" if shown else f"skylift_{name} {value}")
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def _histogram(

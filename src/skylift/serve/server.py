@@ -5,6 +5,13 @@ replaced, connections wait in the backlog instead of being refused. It restarts 
 dies and replaces one that recycles itself: past --max-requests or --max-rss-mb a replica stops
 accepting, finishes its in-flight requests and exits with RECYCLE (not counted as a crash). On
 SIGTERM/SIGINT it drains every replica before exiting.
+
+With --replicas MIN:MAX it also scales the pool (skylift.serve.autoscale decides, and
+skylift.serve.pool carries the load figures and the signals): every TICK_S it reads the load
+counters in the replicas' metrics snapshots, starts replicas (a new one accepts only once loaded
+and warmed up; SHED then asks the others to hand it a share of their keep-alive connections), and
+on a scale-down sends LEAVE to the newest one, which stops accepting and closes each keep-alive
+connection after its next response, so clients reconnect to the others and no request fails.
 """
 
 from __future__ import annotations
@@ -19,23 +26,38 @@ import socket
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
 from skylift.errors import SkyliftError
+from skylift.serve import pool
+from skylift.serve.autoscale import (
+    TICK_S,
+    Autoscaler,
+    Limits,
+    Load,
+    Observation,
+    Sample,
+    most_replicas,
+    pool_load,
+    replica_load,
+)
 from skylift.serve.config import ServeConfig
+from skylift.serve.pool import DRAIN_S, LEAVE, SHED
 from skylift.serve.ratelimit import SharedBuckets, shared_buckets
 
 RECYCLE = 64  # a replica's exit code asking to be replaced (past --max-requests or --max-rss-mb)
-DRAIN_S = 30  # graceful shutdown budget for in-flight requests
 RSS_CHECK_S = 1.0  # how often a replica compares its resident memory with --max-rss-mb
 
 
 def _replica(config: ServeConfig, sock: socket.socket, index: int, buckets: SharedBuckets) -> None:
     """Entry point of one replica process."""
+    for sig in (LEAVE, SHED):  # their default kills; the supervisor sends them only once serving
+        signal.signal(sig, signal.SIG_IGN)
     import torch
     import uvicorn
     import uvloop
@@ -112,11 +134,22 @@ def _replica(config: ServeConfig, sock: socket.socket, index: int, buckets: Shar
         if app.cache is not None:
             await app.cache.check()  # says so in one line when Redis is down from the start
             repo.on_swap = app.cache.invalidate
-        watcher = asyncio.get_running_loop().create_task(repo.watch(app.cache))
+        loop = asyncio.get_running_loop()
+        watcher = loop.create_task(repo.watch(app.cache))
+        prober = loop.create_task(pool.probe(metrics, repo))
+        leaving: list[asyncio.Task[None]] = []  # a reference, so the loop keeps the task
+
+        def leave() -> None:
+            if not leaving:
+                leaving.append(loop.create_task(pool.leave(server)))
+
+        loop.add_signal_handler(LEAVE, leave)
+        loop.add_signal_handler(SHED, pool.shed, server, config.state_dir)
         try:
             await server.serve(sockets=[sock])
         finally:
             watcher.cancel()
+            prober.cancel()
             if app.cache is not None:
                 await app.cache.close()
 
@@ -163,14 +196,30 @@ def _initial_state(config: ServeConfig) -> dict[str, dict[str, object]]:
     return models
 
 
+@dataclass
+class _Replica:
+    proc: BaseProcess
+    since: float
+    """When it entered its state (monotonic seconds)."""
+    state: str = "starting"
+    """starting (loading, warming up), serving, or draining (leaving the pool)."""
+    samples: deque[Sample] = field(default_factory=deque)
+    """Its load counters over the last window, one per metrics snapshot."""
+
+
 class Supervisor:
     def __init__(self, config: ServeConfig, say: Callable[[str], None] = print) -> None:
         self.config = config
         self.say = say
-        self.procs: list[BaseProcess | None] = [None] * config.replicas
+        self.limits = _limits(config)
+        self.replicas: list[_Replica | None] = [None] * self.limits.high
+        """One slot per replica index (the `replica` label of its metrics); None: not running."""
         self.stopping = False
         self.crashes: list[float] = []
         self.buckets = shared_buckets(config.state_dir)
+        self.scaler = Autoscaler(self.limits, time.monotonic())
+        self.last_decision_time = 0.0
+        """Unix time of the scaler's last decision, for /metrics."""
 
     def _start(self, sock: socket.socket, index: int) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -178,7 +227,7 @@ class Supervisor:
             target=_replica, args=(self.config, sock, index, self.buckets), name=f"skylift-replica-{index}"
         )
         proc.start()
-        self.procs[index] = proc
+        self.replicas[index] = _Replica(proc, time.monotonic())
 
     def run(self) -> int:
         from skylift.serve.repository import STATE_FILE
@@ -196,6 +245,13 @@ class Supervisor:
         self.say(
             f"serving {served} on {scheme}://{config.host}:{port} with {config.replicas} replica(s), {auth}"
         )
+        lim = self.limits
+        if config.autoscales:
+            self.say(
+                f"autoscaling {lim.low}-{lim.high} replicas: up when the queue wait passes "
+                f"{lim.up_wait_s * 1000:g} ms or {lim.up_rows:g} queued rows per replica over "
+                f"{lim.window_s:g} s, down after {lim.down_idle_s:g} s under half of both"
+            )
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         from skylift import endpoints  # `skylift console` lists this server while it runs
@@ -212,29 +268,107 @@ class Supervisor:
         try:
             for i in range(config.replicas):
                 self._start(sock, i)
+            next_tick = time.monotonic()
             while not self.stopping:
                 time.sleep(0.2)
-                for i, proc in enumerate(self.procs):
-                    if proc is None or self.stopping:
-                        continue
-                    if not proc.is_alive():
-                        code = proc.exitcode
-                        if code == RECYCLE:
-                            self.say(f"replica {i} recycled; starting a new one")
-                        else:
-                            self.say(f"replica {i} exited ({_how(code)}); starting a new one")
-                            self._crashed()
-                        self._start(sock, i)
+                self._reap(sock)
+                if time.monotonic() >= next_tick and not self.stopping:
+                    next_tick = time.monotonic() + TICK_S
+                    self._tick(sock)
         finally:
             self._drain()
             sock.close()
             endpoints.remove(listed)
         return 0
 
+    def _reap(self, sock: socket.socket) -> None:
+        """Restart a replica that died or recycled itself; free the slot of one that drained."""
+        for i, rep in enumerate(self.replicas):
+            if rep is None or self.stopping or rep.proc.is_alive():
+                continue
+            if rep.state == "draining":
+                self.replicas[i] = None
+                (self.config.state_dir / f"metrics-{i}.json").unlink(missing_ok=True)
+                self.say(f"replica {i} drained in {time.monotonic() - rep.since:.1f} s and left the pool")
+                continue
+            code = rep.proc.exitcode
+            if code == RECYCLE:
+                self.say(f"replica {i} recycled; starting a new one")
+            else:
+                self.say(f"replica {i} exited ({_how(code)}); starting a new one")
+                self._crashed()
+            self._start(sock, i)
+
+    def _tick(self, sock: socket.socket) -> None:
+        """Read the replicas' load, let the scaler decide, start or drain replicas, publish metrics."""
+        now = time.monotonic()
+        loads: list[Load] = []
+        for i, rep in enumerate(self.replicas):
+            if rep is None or rep.state == "draining":
+                continue
+            sample = pool.read_sample(self.config.state_dir / f"metrics-{i}.json", rep.proc.pid)
+            if sample is not None and (not rep.samples or sample.t > rep.samples[-1].t):
+                rep.samples.append(sample)
+                while len(rep.samples) > 2 and rep.samples[1].t <= sample.t - self.limits.window_s:
+                    rep.samples.popleft()
+                if rep.state == "starting":  # its first snapshot: loaded, warmed up, accepting
+                    self._joined(i, rep, now)
+            # A busy replica may miss a snapshot (it writes them from its event loop): its last
+            # window still stands for it, rather than the pool's mean forgetting it.
+            if rep.state == "serving" and (load := replica_load(rep.samples[0], rep.samples[-1])):
+                loads.append(load)
+        serving = self._count("serving")
+        observed = Observation(now, serving, self._count("starting"), pool_load(loads))
+        decision = self.scaler.observe(observed)
+        if decision is not None:
+            self.last_decision_time = time.time()
+            line = f"autoscale: {decision.before} -> {decision.after} replicas: {decision.reason}"
+            if decision.direction == "down":
+                line += f"; draining replica {self._leave_one(now)}"
+            self.say(line)
+        active = serving + self._count("starting")
+        for i, rep in enumerate(self.replicas):  # scale up, into the lowest free indices
+            if active >= self.scaler.target:
+                break
+            if rep is None:
+                self._start(sock, i)
+                active += 1
+        self._publish()
+
+    def _joined(self, index: int, rep: _Replica, now: float) -> None:
+        """A started replica serves: others hand it a share of their keep-alive connections."""
+        if self.config.autoscales:
+            self.say(f"replica {index} serving, {now - rep.since:.1f} s after its start")
+        rep.state, rep.since = "serving", now
+        others = [r for r in self.replicas if r is not None and r is not rep and r.state == "serving"]
+        if others:
+            self._publish()  # the count that SHED reads
+            for other in others:
+                if other.proc.pid:
+                    os.kill(other.proc.pid, SHED)
+
+    def _leave_one(self, now: float) -> int:
+        """Drain the newest serving replica (the coldest response cache); its index."""
+        index, rep = max(
+            ((i, r) for i, r in enumerate(self.replicas) if r is not None and r.state == "serving"),
+            key=lambda pair: pair[1].since,
+        )
+        rep.state, rep.since = "draining", now
+        if rep.proc.pid:
+            os.kill(rep.proc.pid, LEAVE)
+        return index
+
+    def _count(self, state: str) -> int:
+        return sum(1 for r in self.replicas if r is not None and r.state == state)
+
+    def _publish(self) -> None:
+        counts = {state: self._count(state) for state in ("serving", "starting", "draining")}
+        pool.write_status(self.config.state_dir, self.scaler, counts, self.last_decision_time)
+
     def _crashed(self) -> None:
         now = time.monotonic()
         self.crashes = [t for t in self.crashes if now - t < 30] + [now]
-        if len(self.crashes) > 3 * self.config.replicas:
+        if len(self.crashes) > 3 * self.limits.high:
             raise SkyliftError("replicas keep dying (more than 3 per replica in 30 s); giving up")
 
     def _on_signal(self, signum: int, frame: object) -> None:
@@ -242,7 +376,7 @@ class Supervisor:
 
     def _drain(self) -> None:
         """SIGTERM every replica (uvicorn finishes in-flight requests), then wait, then kill stragglers."""
-        live = [p for p in self.procs if p is not None and p.is_alive()]
+        live = [r.proc for r in self.replicas if r is not None and r.proc.is_alive()]
         for p in live:
             if p.pid:
                 os.kill(p.pid, signal.SIGTERM)
@@ -252,6 +386,16 @@ class Supervisor:
             if p.is_alive():
                 p.kill()
                 p.join(5)
+
+
+def _limits(config: ServeConfig) -> Limits:
+    return Limits(
+        low=config.replicas,
+        high=max(config.replicas, config.max_replicas),
+        up_wait_s=config.scale_up_wait_ms / 1000,
+        up_rows=config.scale_up_rows or 2 * config.max_batch_rows,
+        down_idle_s=config.scale_down_idle_s,
+    )
 
 
 def _how(code: int | None) -> str:
@@ -282,11 +426,19 @@ def serve(
     state = Path(tempfile.mkdtemp(prefix="skylift-serve-"))
     try:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        # Resolved here, once: replicas must not each read the environment.
+        most = most_replicas(config.replicas, config.max_replicas, cores, config.oversubscribe)
+        if config.autoscales and most < config.max_replicas:
+            say(
+                f"--replicas {config.replicas}:{config.max_replicas} scales to {most} at most: "
+                f"this machine has {cores} cores (--oversubscribe lifts the cap)"
+            )
+            config = replace(config, max_replicas=most)
+        # Resolved here, once: replicas must not each read the environment. Torch threads are
+        # split for the most replicas that may run, so a scaled-up pool does not oversubscribe.
         config = replace(
             config,
             state_dir=state,
-            threads=max(1, cores // config.replicas),
+            threads=max(1, cores // max(config.replicas, config.max_replicas)),
             keys_path=config.keys,
             audit_log=config.audit,
         )
