@@ -70,12 +70,25 @@ class DataSpec(Frozen):
     """Audio files (WAV, FLAC) in, as log-mel spectrograms: class folders or a table of paths."""
     path_column: str | None = None
     """Column holding the file paths of a .csv/.parquet table of image or audio files (default: path)."""
+    chat_template: str | None = None
+    """Chat prompt format of a language model, recorded with it for /v1/chat/completions: plain
+    (`role: content` lines, the default), chatml, or a Jinja2 template of `messages` (Hugging Face's)."""
 
     @field_validator("target_columns")
     @classmethod
     def _targets_named(cls, v: list[str] | None) -> list[str] | None:
         if v is not None and (not v or len(set(v)) != len(v)):
             raise ValueError(f"must be a non-empty list of distinct column names, got {v}")
+        return v
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_renders(cls, v: str | None) -> str | None:
+        from skylift._chat_template import template_problem
+
+        problem = None if v is None else template_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
         return v
 
 
@@ -438,6 +451,8 @@ class JobSpec(Frozen):
             raise ValueError("data.block_size is needed for language_modeling: the tokens per training block")
         if d.target_columns is not None and self.task != "regression":
             raise ValueError(f"data.target_columns applies to regression, not {self.task}")
+        if d.chat_template is not None and self.task != "language_modeling":
+            raise ValueError(f"data.chat_template applies to language_modeling, not {self.task}")
         problem = media_problem(
             self.task, d.image, d.audio, d.text_column, d.path_column, self.model.input_shape
         )

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from skylift.loadgen import BenchReport
+    from skylift.loadgen import BenchReport, Latency, StreamReport
 
-_PROTOCOLS = ("v2-json", "v2-binary", "v1")  # skylift.loadgen.PROTOCOLS, without importing it for --help
+# skylift.loadgen.PROTOCOLS, without importing it for --help
+_PROTOCOLS = ("v2-json", "v2-binary", "v1", "openai-completions", "openai-chat")
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -30,8 +31,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "serve",
         parents=[common],
         help="send inference requests at a fixed concurrency; report requests/s, latency, errors",
-        description="Closed-loop load test of a KServe V2 or TF-Serving server: CONCURRENCY keep-alive "
-        "connections, each sending its next request as soon as the last is answered.",
+        description="Closed-loop load test of a KServe V2, TF-Serving or OpenAI-compatible server: "
+        "CONCURRENCY keep-alive connections, each sending its next request as soon as the last is "
+        "answered (with --protocol openai-*, as soon as its stream has ended).",
         epilog="exit status: 0 the test ran and most requests succeeded (errors are in the report); "
         "1 the server is unreachable, refused the key, or failed more than half the requests; "
         "2 bad arguments or unknown model",
@@ -46,7 +48,22 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         choices=_PROTOCOLS,
         default="v2-json",
         help="v2-json: KServe V2 JSON tensors; v2-binary: V2 binary tensor extension; "
-        "v1: TF-Serving :predict (default v2-json)",
+        "v1: TF-Serving :predict; openai-completions, openai-chat: streamed generation, reporting "
+        "time to first token, inter-token latency and tokens/s (default v2-json)",
+    )
+    p.add_argument(
+        "--max-tokens", type=_count, default=64, help="openai-*: max_tokens of each completion (default 64)"
+    )
+    p.add_argument(
+        "--prompt-tokens",
+        type=_count,
+        default=32,
+        help="openai-*: prompt length in the server's tokens, found by a few short requests (default 32)",
+    )
+    p.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        help="openai-*: send ignore_eos (vLLM's extension, skylift's too) so every answer is max_tokens long",
     )
     p.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY' (default: $SKYLIFT_API_KEY)")
     p.add_argument(
@@ -150,6 +167,9 @@ def _serve(args: argparse.Namespace) -> int:
         repeat=args.repeat,
         body_file=args.body_file,
         content_type=args.content_type,
+        max_tokens=args.max_tokens,
+        prompt_tokens=args.prompt_tokens,
+        ignore_eos=args.ignore_eos,
     )
     to_stdout = args.json_path == "-"
     # With --json - stdout carries only the JSON (pipe it to jq); the tables go to stderr.
@@ -186,6 +206,10 @@ _RATE_LIMIT_FIX = (
     "a rate limit refused them: give the key a higher one (skylift keys create --rate-limit N) "
     "or start the server with skylift serve --rate-limit 0"
 )
+_TOKEN_LIMIT_FIX = (
+    "a token limit refused them: give the key a higher one (skylift keys create --token-limit N/m), "
+    "lower --concurrency or --max-tokens, or start the server with skylift serve --token-limit 0"
+)
 
 
 def failure_line(report: BenchReport) -> str:
@@ -199,7 +223,9 @@ def failure_line(report: BenchReport) -> str:
         kinds.append(f"{label} x{count:,}" + (f" ({sample})" if sample else ""))
     more = f", and {len(report.errors) - len(top)} more kinds" if len(report.errors) > len(top) else ""
     line = f"{report.failed:,} of {report.requests:,} requests failed ({share:.0%}): {', '.join(kinds)}{more}"
-    if "429" in report.errors:
+    if "429" in report.errors and "token limit" in report.error_samples.get("429", ""):
+        line += f"; {_TOKEN_LIMIT_FIX}"
+    elif "429" in report.errors:
         line += f"; {_RATE_LIMIT_FIX}"
     if report.mostly_failed:
         line += "; the figures above measure the errors, not the model"
@@ -210,9 +236,32 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.2f} ms"
 
 
+def _stream_rows(report: StreamReport) -> list[tuple[str, str]]:
+    """The figures of an openai-* run, in the place of rows per request."""
+    asked = f"asked {report.target_prompt_tokens}: {report.prompt_words} words"
+    mean, done = report.prompt_tokens_mean, report.completion_tokens_mean
+    prompt = "-" if mean is None else f"{mean:,.1f} ({asked})"
+    out = "-" if done is None else f"{done:,.1f} (max_tokens {report.max_tokens})"
+    source = "" if report.token_source == "usage" else f" (counted from {report.token_source})"
+
+    def three(name: str, lat: Latency) -> list[tuple[str, str]]:
+        return [(f"{name} p{p}", _ms(getattr(lat, f"p{p}"))) for p in (50, 90, 99)]
+
+    return [
+        ("prompt tokens/request", prompt),
+        ("output tokens/request", out),
+        ("output tokens/s", f"{report.tokens_per_s:,.1f}{source}"),
+        *three("time to first token", report.ttft_ms),
+        *three("inter-token latency", report.itl_ms),
+        ("time per output token p50", _ms(report.tpot_ms.p50)),
+    ]
+
+
 def report_tables(report: BenchReport) -> list[Table]:
     """The summary table, and the errors by status when there were any."""
     from rich.table import Table
+
+    from skylift.loadgen import StreamReport as Streamed
 
     lat = report.latency_ms
     summary = Table(
@@ -232,6 +281,10 @@ def report_tables(report: BenchReport) -> list[Table]:
         ("latency max", _ms(lat.max)),
         ("errors", f"{report.failed:,} ({report.failed / max(report.requests, 1):.0%} of the requests)"),
     ]
+    if isinstance(report, Streamed):  # streamed generation: tokens, not rows
+        rows = [r for r in rows if r[0] not in ("rows per request", "rows/s")]
+        at = [name for name, _ in rows].index("requests/s") + 1
+        rows[at:at] = _stream_rows(report)
     for name, value in rows:
         summary.add_row(name, value)
     tables = [summary]
@@ -240,4 +293,14 @@ def report_tables(report: BenchReport) -> list[Table]:
         for key, count in report.errors.items():
             errors.add_row(key, f"{count:,}", report.error_samples.get(key, ""))
         tables.append(errors)
+    if report.versions:  # the server named the answering version (X-Model-Version): a split's shares
+        total = max(sum(v["responses"] for v in report.versions.values()), 1)
+        by = Table(
+            "version", "responses", "share", "ok", title="answers by model version", title_justify="left"
+        )
+        for version, counts in report.versions.items():
+            by.add_row(
+                version, f"{counts['responses']:,}", f"{counts['responses'] / total:.1%}", f"{counts['ok']:,}"
+            )
+        tables.append(by)
     return tables

@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from skylift.cli._serve import rate_arg
+from skylift.cli._serve import rate_arg, token_rate_arg
 from skylift.errors import SpecError
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from skylift.registry import Registry
+    from skylift.security.apikeys import KeyInfo
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -111,6 +112,12 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "--rate-limit",
         type=rate_arg,
         help="e.g. 100/s, 6000/m or 100 (requests/s) for this key (default: the server's)",
+    )
+    p.add_argument(
+        "--token-limit",
+        type=token_rate_arg,
+        help="generation tokens (prompt + completion) for this key: 20000/m or 20000 (per minute), "
+        "500/s (default: the server's --token-limit)",
     )
     p.set_defaults(run=_key_create)
     p = ks.add_parser(
@@ -465,7 +472,7 @@ def _key_create(args: argparse.Namespace) -> int:
     scopes = parse_scopes(args.scope)
     expires = parse_duration(args.expires) if args.expires else None
     store = _keystore(args)
-    key, info = store.create(args.name, scopes, expires, args.rate_limit)
+    key, info = store.create(args.name, scopes, expires, args.rate_limit, args.token_limit)
     print(key)  # stdout holds the key alone, so `KEY=$(skylift keys create ...)` works
     import sys
 
@@ -496,10 +503,16 @@ def _key_list(args: argparse.Namespace) -> int:
             ",".join(k.scopes),
             time.strftime(fmt, time.gmtime(k.created)),
             expires,
-            "server default" if k.rate_limit is None else f"{k.rate_limit:g}/s",
+            _limits(k),
         )
     _console().print(table)
     return 0
+
+
+def _limits(k: KeyInfo) -> str:
+    """'server default', '100/s', or either with ' + 20000 tokens/m' for a key's own token limit."""
+    rate = "server default" if k.rate_limit is None else f"{k.rate_limit:g}/s"
+    return rate if k.token_limit is None else f"{rate} + {k.token_limit:g} tokens/m"
 
 
 def _key_revoke(args: argparse.Namespace) -> int:

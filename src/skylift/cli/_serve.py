@@ -70,6 +70,13 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         default=100.0,
         help="requests per API key, all replicas: 100/s (default), 6000/m, 360000/h (0: off)",
     )
+    p.add_argument(
+        "--token-limit",
+        type=token_rate_arg,
+        default=0.0,
+        help="generation tokens (prompt + completion) per API key, all replicas: 20000/m or 20000 "
+        "(per minute), 500/s, 1200000/h (default 0: off)",
+    )
     p.add_argument("--cache", default="memory", help="response cache: memory, redis://HOST:PORT/DB, or none")
     p.add_argument(
         "--cache-mb", type=float, help="response cache budget in MiB, 0: off (default: spec, else 64)"
@@ -89,6 +96,32 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--key-file", help="registry master key for encrypted models (default: $SKYLIFT_MASTER_KEY)"
     )
+    p.add_argument(
+        "--split",
+        action="append",
+        default=[],
+        metavar="[MODEL:]V=PCT,...",
+        help="spread requests over versions by whole percents summing to 100, e.g. 1=90,2=10 "
+        "(the admin API changes it at runtime)",
+    )
+    p.add_argument(
+        "--sticky-header",
+        metavar="NAME",
+        help="with --split: requests with one value of this header (e.g. X-Session) get one version",
+    )
+    p.add_argument(
+        "--guard",
+        metavar="RULES",
+        help="with --split: a canary past these budgets gets weight 0, e.g. error_rate<0.05,p99_ms<200"
+        "[,window_s=30,min_requests=20]",
+    )
+    p.add_argument(
+        "--shadow",
+        action="append",
+        default=[],
+        metavar="[MODEL:]V",
+        help="copy answered requests to version V, compare its answers, never return them",
+    )
     p.set_defaults(run=_serve)
 
 
@@ -101,6 +134,17 @@ def rate_arg(text: str) -> float:
         return parse_rate(text)
     except SpecError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--rate-limit ")) from None
+
+
+def token_rate_arg(text: str) -> float:
+    """argparse type of --token-limit: 20000/m, 20000, 500/s, 1200000/h -> tokens per minute."""
+    from skylift.errors import SpecError
+    from skylift.serve.ratelimit import parse_token_rate
+
+    try:
+        return parse_token_rate(text)
+    except SpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--token-limit ")) from None
 
 
 def _positive(text: str) -> float:
@@ -160,6 +204,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.replicas is not None:  # checked before the registry is read: "error: --replicas ..."
         args.replicas = parse_replicas(args.replicas)
+    from skylift.serve.rollout import from_flags
+
+    rollouts = from_flags(args.models, args.split, args.shadow, args.guard, args.sticky_header)
     home = skylift_home(args.home)
     settings = _settings(args, home)
     replicas = settings["replicas"]  # (MIN, MAX) from the flag, or the spec's fixed count
@@ -193,8 +240,10 @@ def _serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         audit_log=args.audit_log,
         rate_limit=args.rate_limit,
+        token_limit=args.token_limit,
         cache=None if args.cache == "none" else args.cache,
         cache_mb=0.0 if args.cache == "none" else float(settings["cache_mb"]),
+        rollouts=rollouts,
     )
     if args.tls_self_signed and (args.tls_cert or args.tls_key):
         from skylift.errors import SpecError

@@ -10,8 +10,10 @@ from urllib.parse import quote, urlsplit
 
 from skylift.errors import SpecError
 
-Protocol = Literal["v2-json", "v2-binary", "v1"]
+Protocol = Literal["v2-json", "v2-binary", "v1", "openai-completions", "openai-chat"]
 PROTOCOLS: tuple[str, ...] = get_args(Protocol)
+OPENAI_PROTOCOLS = ("openai-completions", "openai-chat")
+"""Streamed generation (skylift.loadgen._openai): TTFT, inter-token latency, tokens/s."""
 
 FILE_TYPES = {
     ".png": "image/png",
@@ -25,6 +27,7 @@ FILE_TYPES = {
 """The Content-Type of a --body-file, by its extension."""
 MAX_CONCURRENCY = 10_000  # open sockets; past this the client's file-descriptor limit bites first
 MAX_ROWS = 100_000
+MAX_TOKENS = 1 << 20  # --max-tokens and --prompt-tokens: far beyond any context
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,10 @@ class Target:
     def route(self, protocol: Protocol, model: str) -> str:
         """The inference path for `protocol` (KServe V2 infer, or TF-Serving `:predict`)."""
         m = quote(model, safe="")
+        if protocol == "openai-completions":
+            return f"{self.prefix}/v1/completions"
+        if protocol == "openai-chat":
+            return f"{self.prefix}/v1/chat/completions"
         if protocol == "v1":
             return f"{self.prefix}/v1/models/{m}:predict"
         return f"{self.prefix}/v2/models/{m}/infer"
@@ -132,6 +139,12 @@ class BenchConfig:
     model, or a ready JSON request), instead of generated rows; every body is the same."""
     content_type: str | None = None
     """The Content-Type of `body_file` (default: from its extension, see FILE_TYPES)."""
+    max_tokens: int = 64
+    """OpenAI protocols: max_tokens of each streamed completion."""
+    prompt_tokens: int = 32
+    """OpenAI protocols: the prompt's length in the server's tokens (words calibrated against its usage)."""
+    ignore_eos: bool = False
+    """OpenAI protocols: send vLLM's `ignore_eos: true` (skylift honours it): answers of max_tokens."""
 
     def __post_init__(self) -> None:
         parse_url(self.url)
@@ -156,10 +169,24 @@ class BenchConfig:
             raise SpecError(f"cacert must be a PEM file, got {self.cacert!r} (no such file)")
         if (self.insecure or self.cacert) and not self.url.startswith("https:"):
             raise SpecError("insecure and cacert apply to https:// URLs only")
+        if self.protocol in OPENAI_PROTOCOLS:
+            self._check_openai()
         if self.body_file is not None:
             self._check_body_file(self.body_file)
         elif self.content_type is not None:
             raise SpecError("content_type applies to a body_file")
+
+    def _check_openai(self) -> None:
+        _at_least("max_tokens", self.max_tokens, 1, MAX_TOKENS)
+        _at_least("prompt_tokens", self.prompt_tokens, 1, MAX_TOKENS)
+        for name, given in (
+            ("rows", self.rows != 1),
+            ("features", self.features is not None),
+            ("repeat", self.repeat > 0),
+            ("body_file", self.body_file is not None),
+        ):
+            if given:
+                raise SpecError(f"{name} does not apply to protocol {self.protocol} (it streams text)")
 
     def _check_body_file(self, path: str) -> None:
         if not os.path.isfile(path):

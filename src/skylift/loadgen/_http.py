@@ -24,10 +24,12 @@ Response = tuple[int, bytes, bool]
 class ResponseParser:
     """Feed it bytes; it returns a `Response` when one is complete, else None."""
 
-    __slots__ = ("_buf", "_chunked", "_close", "_length", "_status")
+    __slots__ = ("_buf", "_chunked", "_close", "_length", "_status", "version")
 
     def __init__(self) -> None:
         self._buf = b""
+        self.version = b""
+        """The X-Model-Version of the last response head (b'' without one): a split's pick."""
         self._reset()
 
     def _reset(self) -> None:
@@ -94,6 +96,7 @@ class ResponseParser:
             raise ProtocolError(f"bad status line: {head[:40]!r}") from None
         lower = head.lower()
         self._status = status
+        self.version = _header(lower, b"x-model-version") if b"\r\nx-model-version:" in lower else b""
         # HTTP/1.0 closes unless it says keep-alive; HTTP/1.1 keeps open unless it says close.
         if b"\r\nconnection:" in lower:
             conn = _header(lower, b"connection")

@@ -82,6 +82,9 @@ class BenchReport:
     client_loop: str = "asyncio"
     client_cpu: list[float] = field(default_factory=list)
     """Share of one core each client process used; near 1.0 the generator limits the figures."""
+    versions: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Responses by the model version that answered (X-Model-Version; a traffic split's shares):
+    version -> {"responses": n, "ok": 2xx responses}. Empty when the server sends no such header."""
 
     @property
     def failed(self) -> int:
@@ -120,7 +123,12 @@ def merge(
     statuses: dict[int, int] = {}
     failures: dict[str, int] = {}
     samples: dict[str, str] = {}
+    versions: dict[str, dict[str, int]] = {}
     for r in results:
+        for version, (seen, ok_seen) in r.versions.items():
+            counts = versions.setdefault(version, {"responses": 0, "ok": 0})
+            counts["responses"] += seen
+            counts["ok"] += ok_seen
         for code, n in r.statuses.items():
             statuses[code] = statuses.get(code, 0) + n
         for kind, n in r.failures.items():
@@ -156,4 +164,5 @@ def merge(
         request_bytes=request_bytes,
         client_loop=results[0].loop if results else "asyncio",
         client_cpu=[round(r.cpu_s / duration, 3) for r in results],
+        versions=dict(sorted(versions.items(), key=lambda kv: (len(kv[0]), kv[0]))),  # 2 before 10
     )

@@ -10,18 +10,17 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from skylift.errors import SkyliftError
 from skylift.loadgen._body import RequestTemplate, build_template, file_template, sample_rows
-from skylift.loadgen._config import BenchConfig, auto_processes
+from skylift.loadgen._config import OPENAI_PROTOCOLS, BenchConfig, auto_processes
 from skylift.loadgen._probe import discover, probe
 from skylift.loadgen._report import BenchReport, merge
 from skylift.loadgen._worker import (
     Plan,
     Window,
-    WorkerResult,
     new_event_loop,
     process_main,
     run_plan,
@@ -42,6 +41,10 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] | None = None) 
     Raises SkyliftError (server unreachable, a client process failed), AuthError, ModelNotFound
     or SpecError before any load is sent; errors during the load are counted in the report."""
     say = log or (lambda _message: None)
+    if config.protocol in OPENAI_PROTOCOLS:  # streamed generation: its own client and report
+        from skylift.loadgen._openai import run_openai
+
+        return run_openai(config, say)
     target = config.target
     ctx = ssl_context(config.insecure, config.cacert) if target.tls else None
     if config.body_file is not None:
@@ -133,21 +136,29 @@ def _share(total: int, parts: int, i: int) -> int:
     return total // parts + (1 if i < total % parts else 0)
 
 
-def _run_inline(plan: Plan, window: Callable[[], Window]) -> list[WorkerResult]:
+def _run_inline(
+    plan: Any, window: Callable[[], Window], run: Callable[..., Awaitable[Any]] = run_plan
+) -> list[Any]:
+    """The plan run in this process (`run`: run_plan, or another mode's runner of its shape)."""
     loop, name = new_event_loop()
 
     async def gate() -> Window:
         return window()
 
     try:
-        return [loop.run_until_complete(run_plan(plan, gate, name))]
+        return [loop.run_until_complete(run(plan, gate, name))]
     except OSError as exc:
         raise SkyliftError(f"cannot connect to {plan.host}:{plan.port}: {exc.strerror or exc}") from None
     finally:
         loop.close()
 
 
-def _run_spawned(plans: list[Plan], window: Callable[[], Window], config: BenchConfig) -> list[WorkerResult]:
+def _run_spawned(
+    plans: list[Any],
+    window: Callable[[], Window],
+    config: BenchConfig,
+    run: Callable[..., Awaitable[Any]] = run_plan,
+) -> list[Any]:
     # spawn, not fork: a fresh interpreter per client, whatever threads the caller has running.
     mp = multiprocessing.get_context("spawn")
     procs: list[BaseProcess] = []
@@ -155,7 +166,7 @@ def _run_spawned(plans: list[Plan], window: Callable[[], Window], config: BenchC
     try:
         for plan in plans:
             parent, child = mp.Pipe()
-            proc = mp.Process(target=process_main, args=(child, plan), daemon=True, name="skylift-bench")
+            proc = mp.Process(target=process_main, args=(child, plan, run), daemon=True, name="skylift-bench")
             proc.start()
             child.close()
             procs.append(proc)
@@ -166,7 +177,7 @@ def _run_spawned(plans: list[Plan], window: Callable[[], Window], config: BenchC
         for pipe in pipes:
             pipe.send(("go", w))
         wait = max(0.0, w.measure_until - time.monotonic()) + config.timeout_s + 30.0
-        results: list[WorkerResult] = [_expect(pipe, "result", wait) for pipe in pipes]
+        results: list[Any] = [_expect(pipe, "result", wait) for pipe in pipes]
         return results
     finally:
         for pipe in pipes:

@@ -80,6 +80,8 @@ class WorkerResult:
     cpu_s: float = 0.0
     """CPU seconds this process used during the window."""
     loop: str = "asyncio"
+    versions: dict[str, list[int]] = field(default_factory=dict)
+    """X-Model-Version of the responses -> [responses, 2xx responses] (a traffic split's shares)."""
 
 
 def ssl_context(insecure: bool, cacert: str | None) -> ssl.SSLContext:
@@ -152,6 +154,7 @@ class _Client:
         self.statuses: dict[int, int] = {}
         self.failures: dict[str, int] = {}
         self.samples: dict[str, str] = {}
+        self.versions: dict[bytes, list[int]] = {}
         self.counted = 0
         self.cpu_from = self.cpu_until = time.process_time()
         self.quota = plan.quota if plan.quota is not None else -1
@@ -203,6 +206,11 @@ class _Client:
                 self.latencies.append(now - sent_at)
             elif str(status) not in self.samples:
                 self.samples[str(status)] = error_text(body, _SAMPLE_BYTES)
+            version = conn.parser.version
+            if version:
+                counts = self.versions.get(version) or self.versions.setdefault(version, [0, 0])
+                counts[0] += 1
+                counts[1] += 200 <= status < 300
             self.counted += 1
             if self.counted == self.quota:
                 self.stop(now)
@@ -308,13 +316,15 @@ async def run_plan(
         measured_until=until,
         cpu_s=client.cpu_until - client.cpu_from,
         loop=loop_name,
+        versions={v.decode("latin-1"): counts for v, counts in client.versions.items()},
     )
 
 
-def process_main(pipe: Connection, plan: Plan) -> None:
+def process_main(pipe: Connection, plan: Any, run: Callable[..., Awaitable[Any]] = run_plan) -> None:
     """Entry of a spawned client process: ("ready") -> wait ("go", Window) -> ("result", ...).
 
-    Any failure goes back as ("error", one line); Ctrl-C is the parent's to handle."""
+    `run` is `run_plan` for a Plan, or another mode's runner of the same shape (a module-level
+    function, so it pickles). Any failure goes back as ("error", one line); Ctrl-C is the parent's."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     loop, name = new_event_loop()
 
@@ -327,7 +337,7 @@ def process_main(pipe: Connection, plan: Plan) -> None:
         return window
 
     try:
-        result = loop.run_until_complete(run_plan(plan, gate, name))
+        result = loop.run_until_complete(run(plan, gate, name))
     except OSError as exc:
         pipe.send(("error", f"cannot connect to {plan.host}:{plan.port}: {exc.strerror or exc}"))
     except SystemExit:

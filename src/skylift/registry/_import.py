@@ -125,6 +125,27 @@ def _max_length(folder: Path, positions: int) -> int:
     return positions
 
 
+def _chat_template(folder: Path) -> str | None:
+    """tokenizer_config.json's chat_template (a string, or Hugging Face's list of named templates:
+    the one named default), checked as a trained model's is; None when it has none."""
+    from skylift._chat_template import template_problem
+
+    path = folder / "tokenizer_config.json"
+    tc = _json(path, required=False)
+    found = tc.get("chat_template") if isinstance(tc, dict) else None
+    if isinstance(found, list):
+        named = {t.get("name"): t.get("template") for t in found if isinstance(t, dict)}
+        found = named.get("default", next(iter(named.values()), None))
+    if found is None:
+        return None
+    if not isinstance(found, str):
+        raise DataError(f"{path}: chat_template must be a string, got {found!r:.40}")
+    problem = template_problem(found)
+    if problem is not None:
+        raise DataError(f"{path}: chat_template {problem}")
+    return found
+
+
 def read_folder(path: Path) -> ImportedFolder:
     """Check a model folder end to end; DataError (one line) on anything that cannot be served."""
     from safetensors import SafetensorError
@@ -173,6 +194,9 @@ def read_folder(path: Path) -> ImportedFolder:
         "input_shape": [max_length],
         "n_outputs": bert.hidden_size,
     }
+    template = _chat_template(folder)
+    if template is not None:  # kept with the model, as its tokenizer is
+        data["chat_template"] = template
     read = ["config.json", "tokenizer.json", weights_path.name]
     read += [
         f

@@ -44,6 +44,8 @@ class KeyInfo:
     expires: float | None
     rate_limit: float | None
     """Requests per second for this key (None: the server's default)."""
+    token_limit: float | None = None
+    """Generated plus prompt tokens per minute for this key (None: the server's default)."""
 
     def expired(self, now: float | None = None) -> bool:
         return self.expires is not None and (now or time.time()) >= self.expires
@@ -149,6 +151,7 @@ class KeyStore:
         scopes: tuple[str, ...],
         expires_in: float | None = None,
         rate_limit: float | None = None,
+        token_limit: float | None = None,
     ) -> tuple[str, KeyInfo]:
         """A new key; returns (the key, shown once) and its stored info. No name: `key-<8 hex>`."""
         name = name if name is not None else f"key-{secrets.token_hex(4)}"
@@ -156,11 +159,18 @@ class KeyStore:
             raise SpecError(f"key name {name!r} is not allowed: letters, digits, '.', '_', '-' (max 64)")
         if rate_limit is not None and rate_limit <= 0:
             raise SpecError(f"--rate-limit must be > 0 requests/s, got {rate_limit}")
+        if token_limit is not None and token_limit <= 0:
+            raise SpecError(f"--token-limit must be > 0 tokens/min, got {token_limit}")
         with self._locked():
-            return self._create(name, scopes, expires_in, rate_limit)
+            return self._create(name, scopes, expires_in, rate_limit, token_limit)
 
     def _create(
-        self, name: str, scopes: tuple[str, ...], expires_in: float | None, rate_limit: float | None
+        self,
+        name: str,
+        scopes: tuple[str, ...],
+        expires_in: float | None,
+        rate_limit: float | None,
+        token_limit: float | None = None,
     ) -> tuple[str, KeyInfo]:
         if any(e["name"] == name for e in self._entries.values()):
             raise SpecError(f"a key named {name!r} already exists: revoke it first or pick another name")
@@ -179,6 +189,7 @@ class KeyStore:
             "created": now,
             "expires": now + expires_in if expires_in else None,
             "rate_limit": rate_limit,
+            **({"token_limit": token_limit} if token_limit is not None else {}),
         }
         self._save()
         return f"sk_{key_id}_{secret}", _info(self._entries[key_id])
@@ -210,5 +221,11 @@ class KeyStore:
 
 def _info(e: dict[str, Any]) -> KeyInfo:
     return KeyInfo(
-        e["name"], e["id"], tuple(e["scopes"]), e["created"], e.get("expires"), e.get("rate_limit")
+        e["name"],
+        e["id"],
+        tuple(e["scopes"]),
+        e["created"],
+        e.get("expires"),
+        e.get("rate_limit"),
+        e.get("token_limit"),
     )

@@ -34,6 +34,7 @@ from skylift.serve.openai import OpenAIRoutes, Stream, error_body, model_object,
 from skylift.serve.openapi import openapi
 from skylift.serve.ratelimit import RateLimiter
 from skylift.serve.repository import Repository, ServedModel
+from skylift.serve.rollout_routes import AUDITED, RolloutRoutes
 from skylift.serve.routes import Route
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -44,6 +45,10 @@ _KEY_LIKE = re.compile(r"sk_[0-9a-f]{8}_[A-Za-z0-9_-]*")
 JSON = (b"content-type", b"application/json")
 _JSON_TYPES = (b"application/json", b"application/x-www-form-urlencoded", b"text/plain")
 _VERSION = "0.1.0"
+SERVED = "skylift.served"
+"""Scope key: the ServedModel a request ran on (set once it is looked up)."""
+ROUTED = "skylift.routed"
+"""Scope key: the Traffic that picked it, when a rollout routed the request."""
 
 
 class Reply(Exception):
@@ -84,6 +89,7 @@ class App:
             "v2/repository/index": self._index,
             "v2/repository/load": self._load,
             "v2/repository/unload": self._unload,
+            **RolloutRoutes(self).handlers(),
             "v1/models/status": self._status_v1,
             "v1/models/predict": self._predict_v1,
             "metrics": self._metrics,
@@ -156,6 +162,13 @@ class App:
             self.metrics.extra["internal_errors_total"] += 1
             _log(f"internal error on {scope['method']} {route.name}: {exc}", exc)
             status, message = 500, "internal server error (logged by the server)"
+        served: ServedModel | None = scope.get(SERVED)
+        if served is not None:  # the answer names the version it came from, errors included
+            if message is not None:
+                extra = (*extra, served.header)
+            routed = scope.get(ROUTED)
+            if routed is not None:
+                routed.record(served.version, status, time.perf_counter() - start)
         if message is not None:
             openai = route.name.startswith("openai/")
             body, headers = error_body(status, message) if openai else _error(message), [JSON]
@@ -182,7 +195,8 @@ class App:
         self, scope: dict[str, Any], route: Route, key: KeyInfo | None, status: int, body: bytes
     ) -> None:
         action = route.name.rsplit("/", 1)[-1]
-        outcome = f"ok: {action}" if status < 400 else f"failed: {action}: {orjson.loads(body)['error']}"
+        done = scope.get(AUDITED, action)
+        outcome = f"ok: {done}" if status < 400 else f"failed: {action}: {orjson.loads(body)['error']}"
         self.audit.write(scope, key.name if key else None, outcome, status)
 
     async def _read(self, scope: dict[str, Any], receive: Receive) -> bytes:
@@ -222,9 +236,12 @@ class App:
                 404, f"unknown model {name!r:.80}; serving: {', '.join(sorted(self.repo.models)) or 'none'}"
             )
         if version is not None and version != str(model.version):
-            raise Reply(
-                404, f"version {version!r:.20} of {name} is not loaded (serving version {model.version})"
-            )
+            versions = self.repo.versions.get(name, {})
+            for other in versions.values():  # a version a rollout keeps loaded
+                if version == str(other.version):
+                    return other
+            loaded = ", ".join(str(v) for v in sorted(versions)) or str(model.version)
+            raise Reply(404, f"version {version!r:.20} of {name} is not loaded (loaded: {loaded})")
         return model
 
     async def _unmatched(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
@@ -246,7 +263,13 @@ class App:
         return 200, orjson.dumps(body), [JSON]
 
     async def _model_metadata(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
-        return 200, orjson.dumps(_metadata(self._model(route))), [JSON]
+        model = self._model(route)
+        versions = sorted(self.repo.versions.get(model.name, {model.version: model}))
+        return (
+            200,
+            orjson.dumps(_metadata(model, versions if route.version is None else [model.version])),
+            [JSON],
+        )
 
     async def _model_ready(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
         model = self._model(route)
@@ -259,13 +282,19 @@ class App:
         return 200, orjson.dumps(openapi(self.auth is not None)), [JSON]
 
     @contextlib.contextmanager
-    def _holding(self, route: Route) -> Iterator[ServedModel]:
+    def _holding(self, route: Route, scope: dict[str, Any]) -> Iterator[ServedModel]:
         """The model version a request runs on, held until it has its answer.
 
-        A hot swap retires a version only once no request holds it, so a request that looked it up
-        before the swap finishes on it, whatever it awaits meanwhile (its body, the Redis cache).
+        A request that names no version of a model with a rollout runs on the version its split
+        picks. A hot swap retires a version only once no request holds it, so a request that looked
+        it up before the swap finishes on it, whatever it awaits meanwhile (its body, the Redis cache).
         """
         model = self._model(route)
+        traffic = model.traffic
+        if traffic is not None and route.version is None:
+            model = traffic.pick(scope["headers"])
+            scope[ROUTED] = traffic
+        scope[SERVED] = model
         model.in_flight += 1
         try:
             yield model
@@ -282,7 +311,7 @@ class App:
             model.in_flight -= 1
 
     async def _infer_v2(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
-        with self._holding(route) as model:
+        with self._holding(route, scope) as model:
             header_length = None
             for name, value in scope["headers"]:
                 if name == b"inference-header-content-length":
@@ -306,9 +335,10 @@ class App:
             out, cached = await self._predict(model, req.x)
         body, head_len = runtime.encode_v2(req, out)
         if head_len is None:
-            return 200, body, [JSON, *cached]
+            return 200, body, [JSON, model.header, *cached]
         binary = (b"content-type", b"application/octet-stream")
-        return 200, body, [binary, (b"inference-header-content-length", str(head_len).encode()), *cached]
+        length = (b"inference-header-content-length", str(head_len).encode())
+        return 200, body, [binary, length, model.header, *cached]
 
     async def _predict(self, model: ServedModel, x: Any) -> tuple[Any, list[tuple[bytes, bytes]]]:
         """(outputs (R, O), extra headers): from the response cache, else from the model's runtime."""
@@ -328,13 +358,18 @@ class App:
             key = cache_key(model.name, model.version, runtime.inputs.cache_input(x), b"outputs")
             hit = await self.cache.get(key)
             if hit is not None and len(hit) == len(x) * width * 4:
-                return np.frombuffer(hit, dtype="<f4").reshape(len(x), width), [(b"x-cache", b"hit")]
+                out = np.frombuffer(hit, dtype="<f4").reshape(len(x), width)
+                if model.shadow is not None:
+                    model.shadow.offer(x, out)
+                return out, [(b"x-cache", b"hit")]
         deadline = time.monotonic() + self.config.timeout_ms / 1000
         try:
             async with asyncio.timeout(self.config.timeout_ms / 1000):  # no extra task, unlike wait_for
                 out = await runtime.infer(x, deadline)
         except TimeoutError:
             raise DeadlineExceeded from None
+        if model.shadow is not None:  # a copy for the shadow version, after the answer; never waited for
+            model.shadow.offer(x, out)
         if self.cache is None or key is None:
             return out, []
         await self.cache.put(key, out.astype("<f4", copy=False).tobytes())
@@ -351,7 +386,7 @@ class App:
         return 200, orjson.dumps({"model_version_status": [state], **model_object(model)}), [JSON]
 
     async def _predict_v1(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
-        with self._holding(route) as model:
+        with self._holding(route, scope) as model:
             runtime = model.runtime
             media = _content_type(scope, False, runtime.inputs.media_types)
             runtime.inputs.expect(1)
@@ -364,12 +399,16 @@ class App:
             finally:
                 runtime.inputs.expect(-1)
             out, cached = await self._predict(model, x)
-        return 200, runtime.encode_v1(out, columnar), [JSON, *cached]
+        return 200, runtime.encode_v1(out, columnar), [JSON, model.header, *cached]
 
     async def _index(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
         index = [
             {"name": m.name, "version": str(m.version), "state": "READY", "reference": m.requested}
-            for m in self.repo.models.values()
+            for served in self.repo.models.values()
+            for m in [
+                served,
+                *(v for v in self.repo.versions.get(served.name, {}).values() if v is not served),
+            ]
         ]
         return 200, orjson.dumps(index), [JSON]
 
@@ -455,11 +494,11 @@ def _all(outputs: tuple[str, ...]) -> tuple[tuple[str, bool], ...]:
     return tuple((name, False) for name in outputs)
 
 
-def _metadata(model: ServedModel) -> dict[str, Any]:
+def _metadata(model: ServedModel, versions: list[int]) -> dict[str, Any]:
     runtime = model.runtime
     return {
         "name": model.name,
-        "versions": [str(model.version)],
+        "versions": [str(v) for v in versions],
         "platform": "pytorch",
         "inputs": runtime.inputs.metadata(),
         "outputs": runtime.output_metadata(),

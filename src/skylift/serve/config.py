@@ -12,6 +12,7 @@ from skylift.network import is_loopback
 
 if TYPE_CHECKING:
     from skylift.security import MasterKey
+    from skylift.serve.rollout import Rollout
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,11 @@ class ServeConfig:
     """Byte budget of the response cache (0: off)."""
     rate_limit: float = 100.0
     """Requests per second per API key, shared by all replicas (0: no limit); keys may override."""
+    rollouts: tuple[Rollout, ...] = ()
+    """Traffic splits and shadows at start (--split, --shadow, --guard, --sticky-header)."""
+    token_limit: float = 0.0
+    """Generation tokens (prompt + completion) per minute per API key, shared by all replicas
+    (0: no limit); keys may override."""
 
     @property
     def autoscales(self) -> bool:
@@ -116,8 +122,14 @@ class ServeConfig:
         from skylift.serve.cache import make_cache
 
         make_cache(self.cache, self.cache_mb)  # validates --cache and --cache-mb (connects to nothing)
+        if self.rollouts:
+            from skylift.serve.rollout import check_config
+
+            check_config(self)  # the versions exist and fit the served ones (reads the registry)
         if self.rate_limit < 0:
             raise SpecError(f"--rate-limit must be >= 0 requests/s, got {self.rate_limit}")
+        if self.token_limit < 0:
+            raise SpecError(f"--token-limit must be >= 0 tokens/min, got {self.token_limit}")
         if self.max_delay_ms < 0 or self.max_body_mb <= 0:
             raise SpecError("--max-delay-ms must be >= 0 and --max-body-mb > 0")
         if self.max_queue_rows < self.max_batch_rows:

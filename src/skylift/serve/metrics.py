@@ -45,6 +45,10 @@ class Metrics:
         """Gauges and counters set by others, e.g. queue depth, cache hits."""
         self.histograms: dict[str, tuple[tuple[float, ...], tuple[int, ...], float]] = {}
         """Histograms set by others (a generator's latencies): name -> (bounds, counts per bucket, sum)."""
+        self.labelled: dict[str, dict[str, float]] = {}
+        """Series with labels of their own (per model version): name -> {'model="m",version="2"': value}."""
+        self.labelled_histograms: dict[str, dict[str, tuple[tuple[float, ...], tuple[int, ...], float]]] = {}
+        """Histograms with labels of their own: name -> {labels: (bounds, counts per bucket, sum)}."""
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         self.requests[f"{route}|{status}"] += 1
@@ -68,6 +72,8 @@ class Metrics:
             "rss_bytes": rss_bytes(),
             "extra": self.extra,
             "histograms": self.histograms,
+            "labelled": self.labelled,
+            "labelled_histograms": self.labelled_histograms,
         }
 
     def publish(self) -> None:
@@ -158,6 +164,7 @@ def _render(snaps: list[dict[str, Any]]) -> str:
                 _histogram(
                     lines, f"skylift_{name}", f'replica="{s["replica"]}"', tuple(bounds), list(counts), total
                 )
+    _render_labelled(lines, snaps)
     names = sorted({k for s in snaps for k in s["extra"]})
     for name in names:
         lines.append(f"# TYPE skylift_{name} {'counter' if name.endswith('_total') else 'gauge'}")
@@ -167,3 +174,19 @@ def _render(snaps: list[dict[str, Any]]) -> str:
             if name in s["extra"]
         ]
     return "\n".join(lines) + "\n"
+
+
+def _render_labelled(lines: list[str], snaps: list[dict[str, Any]]) -> None:
+    """The series and histograms with labels of their own, each also labelled by replica."""
+    for name in sorted({k for s in snaps for k in s.get("labelled_histograms", {})}):
+        lines.append(f"# TYPE skylift_{name} histogram")
+        for s in snaps:
+            found = s.get("labelled_histograms", {}).get(name, {})
+            for labels, (bounds, counts, total) in sorted(found.items()):
+                where = f'replica="{s["replica"]}",{labels}'
+                _histogram(lines, f"skylift_{name}", where, tuple(bounds), list(counts), total)
+    for name in sorted({k for s in snaps for k in s.get("labelled", {})}):
+        lines.append(f"# TYPE skylift_{name} {'counter' if name.endswith('_total') else 'gauge'}")
+        for s in snaps:
+            for labels, value in sorted(s.get("labelled", {}).get(name, {}).items()):
+                lines.append(f'skylift_{name}{{replica="{s["replica"]}",{labels}}} {value}')

@@ -12,7 +12,6 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -20,25 +19,24 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
+from skylift.errors import AuthError
+from skylift.serve.auth import presented_key
 from skylift.serve.codec import BadRequest, _loads
+from skylift.serve.openai_answers import CompletionReply, sse
+from skylift.serve.openai_answers import error_body as error_body  # the App answers errors with it
 from skylift.serve.runtimes import Unsupported
 from skylift.serve.runtimes.generator import ROLES, Generator
+from skylift.serve.tokenlimit import charge_tokens
 
 if TYPE_CHECKING:
     from skylift.generation import Handle, SamplingParams
+    from skylift.security.apikeys import KeyInfo
     from skylift.serve.app import Answer, App, Receive
     from skylift.serve.repository import ServedModel
     from skylift.serve.routes import Route
 
 JSON = (b"content-type", b"application/json")
 SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-_TYPES = {
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    429: "rate_limit_error",
-}
-_CODES = {404: "model_not_found", 413: "request_too_large", 429: "rate_limit_exceeded", 504: "timeout"}
 MAX_PROMPTS = 64  # prompts in one /v1/completions request
 _WORDS = {
     int: "an integer",
@@ -48,13 +46,6 @@ _WORDS = {
     list: "a list",
     dict: "an object",
 }
-
-
-def error_body(status: int, message: str) -> bytes:
-    """OpenAI's error object for an HTTP status and a one-line message."""
-    kind = _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
-    error = {"message": message, "type": kind, "param": None, "code": _CODES.get(status)}
-    return orjson.dumps({"error": error})
 
 
 class Stream:
@@ -184,7 +175,7 @@ class OpenAIRoutes:
         ):
             raise BadRequest("echo, logprobs and best_of are not supported")
         params = _params(req, default_max_tokens=16)
-        return await self._answer(req, model, runtime, prompts, params, receive, chat=False)
+        return await self._answer(req, model, runtime, prompts, params, scope, receive, chat=False)
 
     async def chat(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
         req = await self._body(scope, receive)
@@ -195,7 +186,18 @@ class OpenAIRoutes:
         if req.get("max_completion_tokens") is not None:
             req = {**req, "max_tokens": req["max_completion_tokens"]}
         params = _params(req, default_max_tokens=None)
-        return await self._answer(req, model, runtime, [prompt], params, receive, chat=True)
+        return await self._answer(req, model, runtime, [prompt], params, scope, receive, chat=True)
+
+    def _caller(self, scope: dict[str, Any]) -> KeyInfo | None:
+        """The request's API key (None without auth). The App checked it already but does not hand
+        it to the handlers; verifying again costs one SHA-256 of the key, a microsecond."""
+        auth = self.app.auth
+        if auth is None:
+            return None
+        try:
+            return auth.keys.verify(presented_key(scope["headers"]) or "")
+        except AuthError:  # revoked since the App's check a moment ago: it ran as an allowed key
+            return None
 
     async def _answer(
         self,
@@ -204,6 +206,7 @@ class OpenAIRoutes:
         runtime: Generator,
         prompts: list[list[int]],
         params: SamplingParams,
+        scope: dict[str, Any],
         receive: Receive,
         chat: bool,
     ) -> Answer:
@@ -212,19 +215,26 @@ class OpenAIRoutes:
             raise BadRequest("stream takes one prompt per request")
         options = _field(req, "stream_options", (dict,)) or {}
         deadline_s = self.app.config.timeout_ms / 1000
+        # What the request may use: prompt + max_tokens (default: what the context leaves), never
+        # more than the context (a longer one is refused below with a 400, and refunded).
+        most = sum(min(runtime.context, len(p) + (params.max_tokens or runtime.context)) for p in prompts)
+        charge = charge_tokens(self.app.limiter, self._caller(scope), self.app.config.token_limit, most)
         handles: list[Handle] = []
         try:
             for p in prompts:
                 handles.append(runtime.generate(p, params, deadline_s))  # InvalidRequest: 400
         except BaseException:
             _cancel(handles)  # the prompts queued before one was refused would run for nobody
+            if charge is not None:
+                charge.settle(0)
             raise
         self.app.metrics.extra["generation_requests_total"] = (
             self.app.metrics.extra.get("generation_requests_total", 0) + 1
         )
-        reply = _Reply(model.name, chat)
+        reply = CompletionReply(model.name, chat)
         if stream:
-            chunks = _sse(reply, handles[0], bool(options.get("include_usage")), self.app.metrics.extra)
+            usage = bool(options.get("include_usage"))
+            chunks = sse(reply, handles[0], usage, self.app.metrics.extra, charge)
             return 200, Stream(chunks, handles[0].cancel), SSE
 
         gone = asyncio.ensure_future(until_disconnect(receive))
@@ -233,9 +243,13 @@ class OpenAIRoutes:
             done = [await h.collect() for h in handles]
         except BaseException:
             _cancel(handles)  # one failed: the others' answers would go nowhere
+            if charge is not None:
+                charge.settle(0)  # the server failed it: nothing is billed
             raise
         finally:
             gone.cancel()
+        if charge is not None:
+            charge.settle(sum(d.usage.total_tokens for d in done))
         return 200, orjson.dumps(reply.whole(done)), [JSON]
 
 
@@ -320,87 +334,6 @@ def _params(req: dict[str, Any], default_max_tokens: int | None) -> SamplingPara
         top_p=float(_field(req, "top_p", (int, float), 1.0)),
         stop=stop if stop is not None else (),
         seed=seed,
+        # vLLM's extension (benchmarks ask for a fixed output length): generate past end-of-text.
+        ignore_eos=bool(_field(req, "ignore_eos", (bool,), False)),
     )
-
-
-class _Reply:
-    """The answer objects of one completion request, chat or not."""
-
-    def __init__(self, model: str, chat: bool) -> None:
-        self.model, self.chat = model, chat
-        self.id = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
-        self.created = int(time.time())
-
-    def _head(self, chunk: bool) -> dict[str, Any]:
-        kind = ("chat.completion" if self.chat else "text_completion") + (
-            ".chunk" if chunk and self.chat else ""
-        )
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
-
-    def choice(self, text: str, reason: str | None, index: int = 0, chunk: bool = False) -> dict[str, Any]:
-        if not self.chat:
-            return {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
-        body = {
-            "delta" if chunk else "message": {"content": text}
-            if chunk
-            else {"role": "assistant", "content": text}
-        }
-        return {"index": index, **body, "logprobs": None, "finish_reason": reason}
-
-    def whole(self, done: list[Any]) -> dict[str, Any]:
-        prompt = sum(d.usage.prompt_tokens for d in done)
-        completion = sum(d.usage.completion_tokens for d in done)
-        return {
-            **self._head(False),
-            "choices": [self.choice(d.text, _reason(d.finish_reason), i) for i, d in enumerate(done)],
-            "usage": {
-                "prompt_tokens": prompt,
-                "completion_tokens": completion,
-                "total_tokens": prompt + completion,
-            },
-        }
-
-    def chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
-        body: dict[str, Any] = {**self._head(True), "choices": choices}
-        if usage is not None:
-            body["usage"] = usage
-        return b"data: " + orjson.dumps(body) + b"\n\n"
-
-
-def _reason(reason: str) -> str:
-    """OpenAI's finish reasons: a deadline or a cancel cut the text short, as max_tokens does."""
-    return reason if reason in ("stop", "length") else "length"
-
-
-async def _sse(
-    reply: _Reply, handle: Handle, include_usage: bool, counters: dict[str, float]
-) -> AsyncIterator[bytes]:
-    """The stream of one completion: a role chunk (chat), text deltas, the finish, usage, [DONE]."""
-    from skylift.generation import GenerationFailed
-
-    if reply.chat:
-        first = reply.choice("", None, chunk=True)
-        first["delta"] = {"role": "assistant", "content": ""}
-        yield reply.chunk([first])
-    try:
-        async for event in handle:
-            if event.text:
-                yield reply.chunk([reply.choice(event.text, None, chunk=True)])
-            if event.finish_reason is not None and event.usage is not None:
-                last = reply.choice("", _reason(event.finish_reason), chunk=True)
-                if reply.chat:
-                    last["delta"] = {}
-                yield reply.chunk([last])
-                if include_usage:
-                    u = event.usage
-                    usage = {
-                        "prompt_tokens": u.prompt_tokens,
-                        "completion_tokens": u.completion_tokens,
-                        "total_tokens": u.total_tokens,
-                    }
-                    yield reply.chunk([], usage)
-    except GenerationFailed as exc:  # the model raised mid-stream: say so in the stream, then end it
-        counters["internal_errors_total"] = counters.get("internal_errors_total", 0) + 1
-        yield b"data: " + error_body(500, str(exc)) + b"\n\n"
-        return
-    yield b"data: [DONE]\n\n"

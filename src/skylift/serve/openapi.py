@@ -45,6 +45,8 @@ def openapi(auth: bool = True) -> dict[str, Any]:
     v2_infer = "#/components/schemas/V2InferRequest"
     v1_predict = "#/components/schemas/V1PredictRequest"
     openai = "#/components/schemas/OpenAIRequest"
+    split = "#/components/schemas/SplitRequest"
+    shadow = "#/components/schemas/ShadowRequest"
     paths: dict[str, Any] = {
         "/v2/health/live": {"get": {**_op("liveness"), "security": []}},
         "/v2/health/ready": {"get": _op("readiness: every model loaded and warmed up")},
@@ -66,6 +68,16 @@ def openapi(auth: bool = True) -> dict[str, Any]:
         "/v2/repository/index": {"post": _op("models loaded (admin)")},
         "/v2/repository/models/{model}/load": {"post": _op("load or reload a model (admin)", params=(_M,))},
         "/v2/repository/models/{model}/unload": {"post": _op("unload a model (admin)", params=(_M,))},
+        "/v2/repository/models/{model}/split": {
+            "get": _op("the model's rollout: split, guard, shadow, rollbacks (admin)", params=(_M,)),
+            "post": _op("set the traffic split over versions (admin)", body=split, params=(_M,)),
+            "delete": _op("remove the split: every request to the served version (admin)", params=(_M,)),
+        },
+        "/v2/repository/models/{model}/shadow": {
+            "get": _op("the model's rollout (admin)", params=(_M,)),
+            "post": _op("set the shadow version (admin)", body=shadow, params=(_M,)),
+            "delete": _op("remove the shadow (admin)", params=(_M,)),
+        },
         "/v1/models/{model}": {"get": _op("TF-Serving model status", params=(_M,))},
         "/v1/models/{model}/versions/{version}": {
             "get": _op("TF-Serving model version status", params=(_M, _V))
@@ -130,6 +142,38 @@ def openapi(auth: bool = True) -> dict[str, Any]:
                     "required": ["model"],
                     "description": "OpenAI's request body; errors on /v1/* are OpenAI's error object",
                     "properties": {"model": {"type": "string"}},
+                },
+                "SplitRequest": {
+                    "type": "object",
+                    "required": ["weights"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "weights": {
+                            "type": "object",
+                            "description": 'version -> whole percent, summing to 100: {"1": 90, "2": 10}',
+                            "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 100},
+                        },
+                        "sticky_header": {"type": ["string", "null"], "description": "e.g. X-Session"},
+                        "guard": {
+                            "type": ["object", "null"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "error_rate": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                                "p99_ms": {"type": "number", "exclusiveMinimum": 0},
+                                "window_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+                                "min_requests": {"type": "integer", "minimum": 1},
+                            },
+                        },
+                    },
+                },
+                "ShadowRequest": {
+                    "type": "object",
+                    "required": ["version"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "version": {"type": "integer", "minimum": 1},
+                        "queue": {"type": "integer", "minimum": 1},
+                    },
                 },
                 "V1PredictRequest": {
                     "type": "object",

@@ -4,6 +4,10 @@ The supervisor creates the table; each replica gets the same shared arrays and l
 A bucket holds up to one second of requests (burst = rate) but at least one request, so a rate
 below 1/s (`30/m`) lets a request through every 1/rate seconds; it refills continuously.
 
+A key's generation budget (`--token-limit`, tokens per minute) is a second bucket of the same
+table: it holds one minute of tokens, refills continuously, and is charged and refunded in tokens
+(`take`, `refund`); a charge larger than the whole bucket can never pass.
+
 The lock is an flock on a file, not a multiprocessing.Lock: the kernel releases an flock when the
 process holding it dies, so a replica killed inside `allow` (SIGKILL, the OOM killer) cannot block
 the others, whereas a semaphore would stay taken for good. Such a replica leaves at worst one slot
@@ -13,6 +17,7 @@ half-written: one key's bucket is refilled or emptied early, and no request wait
 from __future__ import annotations
 
 import fcntl
+import math
 import multiprocessing
 import os
 import re
@@ -27,6 +32,7 @@ SLOTS = 4096  # distinct keys tracked at once; probing 8 slots makes collisions 
 _PROBE = 8
 _RATE = re.compile(r"^(\d+(?:\.\d+)?)(?:/(s|sec|m|min|h|hour))?$")
 _PER_S = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600}
+_TOKENS = 1 << 33  # added to a key's id for its token bucket: key ids are 32 bits (8 hex digits)
 
 
 def parse_rate(text: str) -> float:
@@ -35,6 +41,14 @@ def parse_rate(text: str) -> float:
     if not match:
         raise SpecError(f"--rate-limit must look like 100/s, 6000/m, 360000/h or 100, got {text!r}")
     return float(match.group(1)) / _PER_S[match.group(2)]
+
+
+def parse_token_rate(text: str) -> float:
+    """'20000/m', '20000' (per minute), '500/s', '1200000/h' -> tokens per minute (0: no limit)."""
+    match = _RATE.match(text.strip())
+    if not match:
+        raise SpecError(f"--token-limit must look like 20000/m, 500/s, 1200000/h or 20000, got {text!r}")
+    return float(match.group(1)) * 60 / _PER_S[match.group(2) or "m"]
 
 
 @dataclass
@@ -70,8 +84,24 @@ class RateLimiter:
 
     def allow(self, key_id: str, rate: float) -> float:
         """0.0 if a request of `key_id` may go now (taking a token), else seconds until it may."""
-        ident = int(key_id, 16) + 1  # never 0, which marks an empty slot
-        burst = max(rate, 1.0)  # a whole token per request: a smaller bucket would never hold one
+        # a whole token per request: a smaller bucket would never hold one
+        return self._take(int(key_id, 16) + 1, 1.0, rate, max(rate, 1.0))
+
+    def take(self, key_id: str, tokens: float, per_minute: float) -> float:
+        """Charge `tokens` to the key's per-minute token budget: 0.0 if taken, else seconds until
+        the budget holds them (math.inf when they are more than a minute's worth: never)."""
+        if tokens > per_minute:
+            return math.inf
+        return self._take(int(key_id, 16) + 1 + _TOKENS, tokens, per_minute / 60, per_minute)
+
+    def refund(self, key_id: str, tokens: float, per_minute: float) -> None:
+        """Give back `tokens` charged by `take` and not used (the bucket never holds more than a minute's)."""
+        if tokens > 0:
+            self._take(int(key_id, 16) + 1 + _TOKENS, -tokens, per_minute / 60, per_minute)
+
+    def _take(self, ident: int, amount: float, rate: float, burst: float) -> float:
+        """Take `amount` from bucket `ident` (refilled at `rate`/s up to `burst`) if it holds that
+        much: 0.0; else seconds until it will. A negative amount is a refund."""
         now = time.monotonic()
         b = self.b
         fcntl.flock(self._lock, fcntl.LOCK_EX)  # held for a few array reads and writes
@@ -81,7 +111,7 @@ class RateLimiter:
                 i = (slot + probe) % SLOTS
                 if b.ids[i] == ident:
                     break
-                if b.ids[i] == 0:
+                if b.ids[i] == 0:  # never 0, which marks an empty slot
                     b.ids[i], b.tokens[i], b.stamps[i] = ident, burst, now
                     break
             else:  # crowded neighbourhood: take over the stalest slot
@@ -89,11 +119,11 @@ class RateLimiter:
                 b.ids[i], b.tokens[i], b.stamps[i] = ident, burst, now
             tokens = min(burst, b.tokens[i] + (now - b.stamps[i]) * rate)
             b.stamps[i] = now
-            if tokens >= 1.0:
-                b.tokens[i] = tokens - 1.0
+            if tokens >= amount:
+                b.tokens[i] = min(burst, tokens - amount)
                 return 0.0
             b.tokens[i] = tokens
-            wait: float = (1.0 - tokens) / rate
+            wait: float = (amount - tokens) / rate
             return wait
         finally:
             fcntl.flock(self._lock, fcntl.LOCK_UN)

@@ -58,6 +58,9 @@ def _v2(parts: list[str]) -> Route | None:
         return Route("v2/repository/index", "admin", "POST")
     if len(parts) == 4 and parts[:2] == ["repository", "models"] and parts[3] in ("load", "unload"):
         return Route(f"v2/repository/{parts[3]}", "admin", "POST", model=parts[2])
+    if len(parts) == 4 and parts[:2] == ["repository", "models"] and parts[3] in ("split", "shadow"):
+        # GET reads the rollout, POST sets, DELETE removes: the handler checks the method.
+        return Route(f"v2/repository/{parts[3]}", "admin", None, model=parts[2])
     if len(parts) < 2 or parts[0] != "models" or not parts[1]:
         return None
     model, rest, version = parts[1], parts[2:], None

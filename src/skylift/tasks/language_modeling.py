@@ -74,7 +74,14 @@ class LanguageModeling(Task):
             input_shape=(block,),
             n_outputs=tok.vocab_size,
             terms_per_row=block,
-            meta={"task": self.name, **text_meta(tok, block), "eos_id": tok.eos_id, "block_size": block},
+            meta={
+                "task": self.name,
+                **text_meta(tok, block),
+                "eos_id": tok.eos_id,
+                "block_size": block,
+                # Served for /v1/chat/completions; a model trained without one gets the plain template.
+                **({"chat_template": d.chat_template} if d.chat_template is not None else {}),
+            },
             fingerprint=tokens.corpus_fingerprint,
             extras={"bytes_per_token": tokens.bytes_per_token},
         )

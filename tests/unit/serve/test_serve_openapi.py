@@ -30,6 +30,8 @@ def test_every_route_is_documented() -> None:
         "v2/repository/index",
         "v2/repository/load",
         "v2/repository/unload",
+        "v2/repository/split",
+        "v2/repository/shadow",
         "v1/models/status",
         "v1/models/predict",
         "openai/models",

@@ -90,3 +90,61 @@ def test_a_replica_killed_inside_the_limiter_blocks_no_other(tmp_path: Path) -> 
             other.join()
         assert not blocked, "a replica killed inside the limiter blocked the others"
         assert other.exitcode == 0
+
+
+# ---- token limits (generation: tokens per minute) -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "per_minute"),
+    [("20000/m", 20000.0), ("20000", 20000.0), ("500/s", 30000.0), ("1200000/h", 20000.0), ("0", 0.0)],
+)
+def test_token_rates_are_per_minute(text: str, per_minute: float) -> None:
+    from skylift.serve.ratelimit import parse_token_rate
+
+    assert parse_token_rate(text) == per_minute
+
+
+@pytest.mark.parametrize("text", ["", "-5", "lots", "100/d", "1e4/m", "/m"])
+def test_bad_token_rates_name_the_form(text: str) -> None:
+    from skylift.serve.ratelimit import parse_token_rate
+
+    with pytest.raises(SpecError, match=r"^--token-limit must look like 20000/m, 500/s"):
+        parse_token_rate(text)
+
+
+def test_a_token_bucket_holds_a_minute_and_refunds_what_was_not_used(limiter: RateLimiter) -> None:
+    per_minute = 600.0  # 10 tokens/s
+    assert limiter.take(KEY, 400, per_minute) == 0.0
+    wait = limiter.take(KEY, 400, per_minute)  # 200 left: 200 more come in 20 s
+    assert 19.5 < wait <= 20.0
+    limiter.refund(KEY, 300, per_minute)  # the first request used 100 of its 400
+    assert limiter.take(KEY, 400, per_minute) == 0.0  # 500 there again
+    assert limiter.take(KEY, 200, per_minute) > 0
+    limiter.refund(KEY, 10_000, per_minute)  # never more than a minute's worth
+    assert limiter.take(KEY, 600, per_minute) == 0.0
+    assert limiter.take(KEY, 1, per_minute) > 0
+
+
+def test_more_than_a_minute_of_tokens_never_passes(limiter: RateLimiter) -> None:
+    assert limiter.take(KEY, 601, 600.0) == float("inf")
+    assert limiter.take(KEY, 600, 600.0) == 0.0  # and it took nothing
+
+
+def test_token_and_request_buckets_of_a_key_are_apart(limiter: RateLimiter) -> None:
+    assert limiter.take(KEY, 600, 600.0) == 0.0  # the token budget is spent ...
+    assert limiter.allow(KEY, 5.0) == 0.0  # ... the requests/s one is not
+    assert limiter.take("0123abce", 600, 600.0) == 0.0  # nor another key's
+
+
+def test_replicas_share_the_token_budget(tmp_path: Path) -> None:
+    buckets = shared_buckets(tmp_path)
+    one, two = RateLimiter(buckets), RateLimiter(buckets)
+    try:
+        assert one.take(KEY, 500, 600.0) == 0.0
+        assert two.take(KEY, 500, 600.0) > 0  # another replica sees what the first took
+        one.refund(KEY, 400, 600.0)
+        assert two.take(KEY, 500, 600.0) == 0.0
+    finally:
+        one.close()
+        two.close()

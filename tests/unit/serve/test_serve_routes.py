@@ -22,6 +22,8 @@ from skylift.serve.routes import UNMATCHED, Route, match
         ("/v2/repository/index", Route("v2/repository/index", "admin", "POST")),
         ("/v2/repository/models/m/load", Route("v2/repository/load", "admin", "POST", "m")),
         ("/v2/repository/models/m/unload", Route("v2/repository/unload", "admin", "POST", "m")),
+        ("/v2/repository/models/m/split", Route("v2/repository/split", "admin", None, "m")),
+        ("/v2/repository/models/m/shadow", Route("v2/repository/shadow", "admin", None, "m")),
         ("/v1/models/m", Route("v1/models/status", "predict", "GET", "m")),
         ("/v1/models/m/versions/2", Route("v1/models/status", "predict", "GET", "m", "2")),
         ("/v1/models/m:predict", Route("v1/models/predict", "predict", "POST", "m")),

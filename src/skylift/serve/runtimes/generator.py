@@ -4,8 +4,8 @@ continuous-batching engine of skylift.generation, over OpenAI's /v1/completions 
 
 KServe V2 and TF-Serving have no generation call: a generator answers them 400, naming the routes
 that serve it. Chat messages become one prompt through the model's chat template (`data.
-chat_template` in model.json: {"message": "...{role}...{content}...", "assistant": "..."}), or
-the plain one below for models trained without one.
+chat_template` in model.json: plain, chatml or Jinja2; see skylift._chat_template), or the plain
+one for models trained without one.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from skylift._chat_template import ChatTemplate
 from skylift.serve.codec import V2Request
 from skylift.serve.runtimes._base import Context, Histogram, Inputs, Named, Runtime, Unsupported
 
 if TYPE_CHECKING:
     from skylift.generation import EngineStats, Handle, SamplingParams
 
-PLAIN_TEMPLATE = {"message": "{role}: {content}\n", "assistant": "assistant:"}
 ROLES = ("system", "developer", "user", "assistant")
 
 
@@ -85,9 +85,11 @@ class Generator(Runtime):
         self.engine = self.engine_inputs.engine
         self.tokenizer = self.engine.tokenizer
         self.context = self.engine.context
-        found = ctx.loaded.data.get("chat_template")
-        template = found if isinstance(found, dict) else PLAIN_TEMPLATE
-        self.template = {k: str(template.get(k, PLAIN_TEMPLATE[k])) for k in PLAIN_TEMPLATE}
+        eos = self.tokenizer.eos_id
+        self.template = ChatTemplate.recorded(  # SpecError (the model does not load) if it does not compile
+            ctx.loaded.data.get("chat_template"),
+            eos_token="" if eos is None else self.tokenizer.decode([eos], skip_special_tokens=False),
+        )
         super().__init__(ctx, self.engine_inputs, 0)
 
     def named(self, out: np.ndarray) -> Named:
@@ -132,9 +134,9 @@ class Generator(Runtime):
 
     def chat_prompt(self, messages: list[tuple[str, str]]) -> str:
         """The prompt of (role, content) messages through the chat template; it ends where the
-        assistant's answer starts."""
-        message = self.template["message"]
-        return "".join(message.format(role=r, content=c) for r, c in messages) + self.template["assistant"]
+        assistant's answer starts. ChatTemplateError (a SpecError: 400) when the template fails or
+        refuses the messages (`raise_exception`)."""
+        return self.template.render(messages)
 
     def generate(self, prompt: list[int], params: SamplingParams, deadline_s: float) -> Handle:
         """Queue one prompt (token ids) on the engine; InvalidRequest / QueueFull / EngineClosed."""
