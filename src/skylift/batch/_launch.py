@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import sys
 import time
 import uuid
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from skylift import network
+from skylift._cpus import usable_cores
 from skylift.batch._job import PredictJob, check_options, check_output, open_job
 from skylift.batch._job import output_format as format_of
 from skylift.batch._kinds import kind_of
@@ -61,10 +61,6 @@ class PredictResult:
     @property
     def rows_per_s(self) -> float:
         return self.computed_rows / self.seconds if self.seconds > 0 else 0.0
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @contextlib.contextmanager
@@ -171,7 +167,7 @@ def predict(
         threads_used: tuple[int, ...] = (_torch_threads(),)
     else:
         opened.source.close()
-        threads = max(1, _cores() // workers)  # split the cores so workers do not oversubscribe them
+        threads = max(1, usable_cores() // workers)  # split the cores so workers do not oversubscribe them
         method = "fork" if fork_safe or threads == 1 else "spawn"
         # A forked worker shares the verified model already in memory; a spawned one loads its own.
         shared = opened.model if method == "fork" else None

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from skylift._cpus import usable_cores
 from skylift.data._audio import AudioPrep
 from skylift.data._image import ImagePrep
 from skylift.data._media import Preprocessing, preprocessing_from_json
@@ -84,7 +84,7 @@ def _decode_files(
         progress(done)
     per_file = (time.perf_counter() - tick) / max(done, 1)
     left = len(paths) - done
-    cores = workers or _cores()
+    cores = workers or usable_cores()
     chunk = max(_MIN_CHUNK_FILES, min(_CHUNK_FILES, -(-left // (4 * cores))))  # >= 4 tasks a worker
     workers = min(cores, -(-left // chunk))
     if workers > 1 and per_file * left > parallel_after_s and not _daemonic():
@@ -180,13 +180,6 @@ def _one_blas_thread() -> contextlib.AbstractContextManager[Any]:
 def _limit_blas() -> None:
     """A worker's initializer: one BLAS thread for its whole life."""
     _one_blas_thread().__enter__()
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _daemonic() -> bool:

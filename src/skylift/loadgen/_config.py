@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 from urllib.parse import quote, urlsplit
 
+from skylift._cpus import usable_cores
 from skylift.errors import SpecError
 
 Protocol = Literal["v2-json", "v2-binary", "v1", "openai-completions", "openai-chat"]
@@ -89,10 +90,7 @@ def auto_processes(concurrency: int) -> int:
     at most one per usable core. One process costs ~15-20 us of CPU per request, yet a single
     event loop also adds its scheduling delay to every connection: on this 2-core machine at
     concurrency 64, 2 processes gave 23-30k requests/s where 1 gave 16-30k (granian, constant)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
+    cores = usable_cores()
     return max(1, min(cores, math.ceil(concurrency / 16)))
 
 

@@ -33,6 +33,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from skylift._cpus import usable_cores
 from skylift.errors import SkyliftError
 from skylift.serve import pool
 from skylift.serve.autoscale import (
@@ -425,7 +426,7 @@ def serve(
     config.check()
     state = Path(tempfile.mkdtemp(prefix="skylift-serve-"))
     try:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = usable_cores()
         most = most_replicas(config.replicas, config.max_replicas, cores, config.oversubscribe)
         if config.autoscales and most < config.max_replicas:
             say(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from skylift import _atomic, network
+from skylift._cpus import usable_cores
 from skylift.dist import agent_store
 from skylift.errors import SkyliftError, SpecError
 from skylift.home import skylift_home
@@ -49,10 +50,6 @@ class Placement:
     """The address or interface this node gives its peers (--node-addr); None: the route to the rendezvous."""
     rdzv_timeout_s: float = network.RENDEZVOUS_WAIT_S
     """How long a node waits for the rendezvous to answer and for every node to join it."""
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def step_flops(net: Any, x: Any, batch: int) -> float:
@@ -178,7 +175,7 @@ def place(
     x, _ = data.train.take(torch.arange(min(2, len(data.train))))
     if chosen == "auto":
         flops = step_flops(net, x, spec.train.batch_size)
-        chosen, reason = choose_workers(flops, spec.train.batch_size, _cores(), gpus)
+        chosen, reason = choose_workers(flops, spec.train.batch_size, usable_cores(), gpus)
     assert isinstance(chosen, int)
     world = chosen * nnodes
     strategy = recorded_strategy(run) if run is not None and d.strategy == "auto" else None
@@ -328,7 +325,7 @@ def _agent(
         logs_specs=DefaultLogsSpecs(log_dir=str(logs)),  # workers write their stderr.log there
     )
     fatal = spec_file.parent / "fatal"
-    threads = max(1, _cores() // p.workers)  # split the cores so workers do not oversubscribe them
+    threads = max(1, usable_cores() // p.workers)  # split the cores so workers do not oversubscribe them
     args = ["-m", "skylift.train.worker", "--spec", str(spec_file), "--run-id", run_id]
     args += ["--home", str(home), "--threads", str(threads), "--fatal-file", str(fatal)]
     args += ["--progress"] if progress else []

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from skylift._cpus import usable_cores
 from skylift.errors import SpecError
 from skylift.spec import JobSpec
 from skylift.tune._storage import StorageRef, exists, open_storage, resolve
@@ -58,10 +58,6 @@ class Plan:
     workers: int
     forced: dict[str, Any]
     opened: Any = field(default=None, repr=False)  # the storage, when validation had to open it
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _check_existing(storage: Any, study: str, direction: str, metric: str, shown: str) -> None:
@@ -123,7 +119,7 @@ def make_plan(spec: JobSpec, o: TuneOptions, home: Path) -> Plan:
         "distributed.workers": workers,
     }
     if spec.train.threads is None:  # split the cores between trials and their workers
-        forced["train.threads"] = max(1, _cores() // (parallel * workers))
+        forced["train.threads"] = max(1, usable_cores() // (parallel * workers))
     return Plan(
         spec, home, study, folder, ref, trials, parallel, sampler, pruner, t.metric, t.direction,
         seed, o.timeout, workers, forced, opened,
