@@ -67,12 +67,17 @@ def run(spec_file: Path, run_id: str, home: Path, workers: int, hook: str, log: 
 def _train(spec_file: Path, run_id: str, home: Path, workers: int, hook: str) -> int:
     from skylift.errors import SkyliftError
     from skylift.spec import load_spec
-    from skylift.train.launch import Placement, launch
+    from skylift.train.launch import launch, place
     from skylift.tune._hook import HOOK
 
     try:
         spec = load_spec(spec_file)
-        placement = Placement(workers, max_restarts=spec.distributed.max_restarts)
+        # Placed as `skylift train` places a run: the strategy (ddp, fsdp or auto's choice),
+        # precision checks and the worker checks apply to a trial exactly as to a training.
+        placement = place(spec, workers, None, 0, None, home=home)
+        for line in (placement.reason, placement.strategy_reason):
+            if line:
+                print(line, flush=True)
         launch(spec, placement, home=home, run_id=run_id, epoch_hook=(HOOK, hook))
     except SkyliftError as exc:
         print(f"error: {exc}", file=sys.stderr)
