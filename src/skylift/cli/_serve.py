@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,22 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "--key-file", help="registry master key for encrypted models (default: $SKYLIFT_MASTER_KEY)"
     )
     p.add_argument(
+        "--forwarded-allow-ips",
+        metavar="LIST",
+        type=forwarded_arg,
+        default=(),
+        help="proxies whose X-Forwarded-For/-Proto give the client address and scheme: IPs and CIDR "
+        "networks, comma-separated, or * for any peer (default: none, forwarded headers ignored)",
+    )
+    p.add_argument(
+        "--root-path",
+        metavar="/PREFIX",
+        type=root_path_arg,
+        default="",
+        help="path prefix a proxy forwards unstripped, e.g. /ml: /ml/v2/... is served as /v2/... "
+        "(paths without it still work)",
+    )
+    p.add_argument(
         "--split",
         action="append",
         default=[],
@@ -145,6 +162,28 @@ def token_rate_arg(text: str) -> float:
         return parse_token_rate(text)
     except SpecError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--token-limit ")) from None
+
+
+def forwarded_arg(text: str) -> tuple[str, ...]:
+    """argparse type of --forwarded-allow-ips: the trusted peers, checked (one line if malformed)."""
+    from skylift.errors import SpecError
+    from skylift.serve.config import parse_forwarded_allow_ips
+
+    try:
+        return parse_forwarded_allow_ips(text)
+    except SpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--forwarded-allow-ips ")) from None
+
+
+def root_path_arg(text: str) -> str:
+    """argparse type of --root-path: /PREFIX without a trailing slash."""
+    from skylift.errors import SpecError
+    from skylift.serve.config import parse_root_path
+
+    try:
+        return parse_root_path(text)
+    except SpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--root-path ")) from None
 
 
 def _positive(text: str) -> float:
@@ -204,6 +243,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.replicas is not None:  # checked before the registry is read: "error: --replicas ..."
         args.replicas = parse_replicas(args.replicas)
+    if args.forwarded_allow_ips == ("*",):
+        print(
+            "warning: --forwarded-allow-ips * believes X-Forwarded-For from any peer: any client can "
+            "choose the address the audit log records; name the proxies instead",
+            file=sys.stderr,
+            flush=True,
+        )
     from skylift.serve.rollout import from_flags
 
     rollouts = from_flags(args.models, args.split, args.shadow, args.guard, args.sticky_header)
@@ -244,6 +290,8 @@ def _serve(args: argparse.Namespace) -> int:
         cache=None if args.cache == "none" else args.cache,
         cache_mb=0.0 if args.cache == "none" else float(settings["cache_mb"]),
         rollouts=rollouts,
+        forwarded_allow_ips=args.forwarded_allow_ips,
+        root_path=args.root_path,
     )
     if args.tls_self_signed and (args.tls_cert or args.tls_key):
         from skylift.errors import SpecError

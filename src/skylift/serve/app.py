@@ -78,6 +78,8 @@ class App:
         """Response cache, set by the replica (None: off)."""
         self.limiter: RateLimiter | None = None
         """Shared per-key token buckets, set by the replica (None: no limits)."""
+        self.root_path = config.root_path
+        """--root-path: a request under it is routed without it (one without it as it is)."""
         metrics.extra["internal_errors_total"] = 0
         self._handlers: dict[str, Handler] = {
             "v2/health/live": self._live,
@@ -126,7 +128,7 @@ class App:
             return
         start = time.perf_counter()
         # Matched first, before anything can raise: errors are counted under the route they hit.
-        route = routes.match(scope["path"])
+        route = routes.match(self._unprefixed(scope) if self.root_path else scope["path"])
         extra: tuple[tuple[bytes, bytes], ...] = ()
         body: bytes | Stream
         message: str | None = None  # an error's, set by the except clauses below
@@ -184,6 +186,19 @@ class App:
         await send({"type": "http.response.start", "status": status, "headers": [*headers, *extra, length]})
         await send({"type": "http.response.body", "body": body})
         self._done(route, status, start)
+
+    def _unprefixed(self, scope: dict[str, Any]) -> str:
+        """The path to route; sets the ASGI root_path of a request under --root-path.
+
+        Per ASGI (and uvicorn, Starlette) `path` keeps the prefix and `root_path` is the part of it
+        the app is mounted at, so logs and the audit show the path as the client sent it. Not
+        uvicorn's own root_path: that prepends the prefix to every path, which is right only
+        behind a proxy that strips it, and this one must also serve paths with it and without.
+        """
+        root, rest = routes.split_root(scope["path"], self.root_path)
+        if root:
+            scope["root_path"] = root
+        return rest
 
     def _done(self, route: Route, status: int, start: float) -> None:
         self.metrics.observe(route.name, status, time.perf_counter() - start)
@@ -279,7 +294,7 @@ class App:
         return 200, self.metrics.render().encode(), [(b"content-type", b"text/plain; version=0.0.4")]
 
     async def _openapi(self, route: Route, scope: dict[str, Any], receive: Receive) -> Answer:
-        return 200, orjson.dumps(openapi(self.auth is not None)), [JSON]
+        return 200, orjson.dumps(openapi(self.auth is not None, self.root_path)), [JSON]
 
     @contextlib.contextmanager
     def _holding(self, route: Route, scope: dict[str, Any]) -> Iterator[ServedModel]:

@@ -33,7 +33,9 @@ class AuditLog:
             self._failing = False
 
     def _append(self, scope: dict[str, Any], key: str | None, outcome: str, status: int) -> None:
-        client = scope.get("client") or ("", 0)
+        # The peer, or with --forwarded-allow-ips the client a trusted proxy names (uvicorn's
+        # middleware rewrites scope["client"]); X-Forwarded-For carries no port: shown without one.
+        host, port = scope.get("client") or ("", 0)
         line = orjson.dumps(
             {
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -42,7 +44,7 @@ class AuditLog:
                 "route": scope["path"][:200],
                 "status": status,
                 "outcome": outcome[:300],
-                "client": f"{client[0]}:{client[1]}",
+                "client": f"{host}:{port}" if port else host,
             }
         )
         # O_APPEND: each line lands whole even with several replicas writing.

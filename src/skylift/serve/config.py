@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -75,6 +77,11 @@ class ServeConfig:
     token_limit: float = 0.0
     """Generation tokens (prompt + completion) per minute per API key, shared by all replicas
     (0: no limit); keys may override."""
+    forwarded_allow_ips: tuple[str, ...] = ()
+    """Peers (IPs, CIDR networks, or "*") whose X-Forwarded-For / X-Forwarded-Proto are believed
+    (empty: forwarded headers are ignored); see parse_forwarded_allow_ips."""
+    root_path: str = ""
+    """Path prefix a reverse proxy forwards unstripped, e.g. /ml ("": none); see parse_root_path."""
 
     @property
     def autoscales(self) -> bool:
@@ -137,6 +144,10 @@ class ServeConfig:
                 f"--max-queue-rows ({self.max_queue_rows}) must be >= "
                 f"--max-batch-rows ({self.max_batch_rows})"
             )
+        parse_forwarded_allow_ips(",".join(self.forwarded_allow_ips))
+        root = parse_root_path(self.root_path)
+        if root != self.root_path:
+            raise SpecError(f"--root-path takes no trailing slash: give {root!r}, got {self.root_path!r}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise SpecError("--tls-cert and --tls-key go together")
         for path in (self.tls_cert, self.tls_key):
@@ -165,3 +176,70 @@ class ServeConfig:
     @property
     def audit(self) -> Path:
         return self.audit_log or self.home / "audit.log"
+
+
+_SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+")
+"""A path segment without percent-escapes (uvicorn decodes those before the app sees the path)."""
+
+
+def parse_forwarded_allow_ips(text: str) -> tuple[str, ...]:
+    """--forwarded-allow-ips: comma-separated IPs and CIDR networks, or "*" alone; "" is none.
+
+    Checked here because uvicorn takes a malformed entry for a literal host name that never
+    matches, and "10.0.0.1/8" (host bits set) likewise: trust would be silently off.
+    """
+    entries = [entry.strip() for entry in text.split(",")]
+    if entries == [""]:
+        return ()
+    if "*" in entries:
+        if len(entries) > 1:
+            raise SpecError(f"--forwarded-allow-ips takes * alone (it trusts every peer), got {text!r}")
+        return ("*",)
+    if "" in entries:
+        raise SpecError(f"--forwarded-allow-ips has an empty entry (a stray comma?), got {text!r:.80}")
+    return tuple(_trusted(entry) for entry in entries)
+
+
+def _trusted(entry: str) -> str:
+    """One --forwarded-allow-ips entry, normalised: an address or a network."""
+    try:
+        if "/" not in entry:
+            return str(ipaddress.ip_address(entry))
+        network = ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        raise SpecError(
+            f"--forwarded-allow-ips entry {entry!r:.60} is not an IP address or CIDR network "
+            "(e.g. 10.0.0.7,10.0.0.0/8; or * for any peer)"
+        ) from None
+    if ipaddress.ip_interface(entry).ip != network.network_address:
+        raise SpecError(f"--forwarded-allow-ips entry {entry!r} has host bits set: give {network}")
+    return str(network)
+
+
+def parse_root_path(text: str) -> str:
+    """--root-path: "" (none) or /SEGMENT[/SEGMENT...], a trailing slash dropped ("/ml/" -> "/ml").
+
+    Its first segment may not be one the routes use (/v2, /v1, ...): a request without the prefix
+    (a probe, or a proxy that strips it) would then be read as one with it.
+    """
+    from skylift.serve.routes import TOP
+
+    path = text.rstrip("/")
+    if not path:
+        return ""
+    if not path.startswith("/"):
+        raise SpecError(f"--root-path must start with '/', e.g. /{path}, got {text!r:.60}")
+    if "?" in path or "#" in path:
+        raise SpecError(f"--root-path is a path without a query or fragment, got {text!r:.60}")
+    segments = path[1:].split("/")
+    if any(segment in ("", ".", "..") for segment in segments):
+        raise SpecError(f"--root-path may not hold empty, '.' or '..' segments, got {text!r:.60}")
+    if not all(_SEGMENT.fullmatch(segment) for segment in segments):
+        raise SpecError(
+            f"--root-path may hold letters, digits and -._~!$&'()*+,;=:@ between slashes, got {text!r:.60}"
+        )
+    if segments[0] in TOP:
+        raise SpecError(
+            f"--root-path may not start with /{segments[0]}, a route of its own, got {text!r:.60}"
+        )
+    return path

@@ -40,8 +40,9 @@ def _with_files(op: dict[str, Any]) -> dict[str, Any]:
 
 
 @cache
-def openapi(auth: bool = True) -> dict[str, Any]:
-    """The document; `auth` False (a --no-auth server) leaves out the API key security schemes."""
+def openapi(auth: bool = True, root_path: str = "") -> dict[str, Any]:
+    """The document; `auth` False (a --no-auth server) leaves out the API key security schemes;
+    `root_path` (--root-path, e.g. /ml) is its server URL, the prefix clients put before each path."""
     v2_infer = "#/components/schemas/V2InferRequest"
     v1_predict = "#/components/schemas/V1PredictRequest"
     openai = "#/components/schemas/OpenAIRequest"
@@ -186,6 +187,8 @@ def openapi(auth: bool = True) -> dict[str, Any]:
             },
         },
     }
+    if root_path:  # relative to the document's own URL: right behind any host, port and scheme
+        doc["servers"] = [{"url": root_path}]
     if not auth:
         del doc["security"], doc["components"]["securitySchemes"]
         del paths["/v2/health/live"]["get"]["security"]

@@ -12,6 +12,8 @@ from functools import lru_cache
 
 UNMATCHED = "unmatched"
 """The route label of a path no route answers (404)."""
+TOP = frozenset({"v1", "v2", "metrics", "openapi.json"})
+"""The first path segments of the routes (a --root-path may not start with one)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,19 @@ def match(path: str) -> Route:
         scope = "admin" if parts[:2] == ["v2", "repository"] else "predict"
         return Route(UNMATCHED, scope, error=f"no route {path[:100]!r}")
     return route
+
+
+def split_root(path: str, root: str) -> tuple[str, str]:
+    """(root path as sent, the rest to route) of a request path under the prefix `root` (a
+    --root-path, e.g. /ml); ("", path) for a path without it, which is routed as it is.
+
+    Leading slashes are read as match() reads them, so `//ml/v2/...` is under /ml as well.
+    """
+    rest = "/" + path.lstrip("/")
+    if rest.startswith(root) and (len(rest) == len(root) or rest[len(root)] == "/"):
+        rest = rest[len(root) :]
+        return path[: len(path) - len(rest)], rest or "/"
+    return "", path
 
 
 def _v2(parts: list[str]) -> Route | None:

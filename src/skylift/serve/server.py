@@ -95,6 +95,12 @@ def _replica(config: ServeConfig, sock: socket.socket, index: int, buckets: Shar
             server_header=False,
             date_header=False,
             backlog=2048,
+            # Forwarded headers are believed only from --forwarded-allow-ips (uvicorn's middleware,
+            # not installed without it). Both given explicitly: uvicorn's defaults trust loopback
+            # and read FORWARDED_ALLOW_IPS, which must not turn trust on behind the user's back.
+            proxy_headers=bool(config.forwarded_allow_ips),
+            forwarded_allow_ips=list(config.forwarded_allow_ips),
+            # --root-path is applied by App (see App._unprefixed), not by uvicorn's root_path.
         )
     )
     recycled = False
