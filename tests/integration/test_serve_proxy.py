@@ -64,6 +64,7 @@ def proxied(home: Path, module: nn.Module, key: str) -> Iterator[tuple[Server, i
     """(the server, HAProxy's port): serve trusting only the proxy's address, under /ml."""
     flags = ("--replicas", "1", "--forwarded-allow-ips", PROXY, "--root-path", "/ml")
     with running(home, M, *flags, key=key) as server:
+        assert f"X-Forwarded-For believed from {PROXY}; root path /ml" in server.log.read_text()
         port = free_port()
         config = home / "haproxy.cfg"
         config.write_text(HAPROXY.format(port=port, backend=server.port, proxy=PROXY))

@@ -252,6 +252,12 @@ class Supervisor:
         self.say(
             f"serving {served} on {scheme}://{config.host}:{port} with {config.replicas} replica(s), {auth}"
         )
+        if config.forwarded_allow_ips or config.root_path:
+            trusted = ",".join(config.forwarded_allow_ips) or "none"
+            self.say(
+                f"behind a proxy: X-Forwarded-For believed from {trusted}; "
+                f"root path {config.root_path or '/'}"
+            )
         lim = self.limits
         if config.autoscales:
             self.say(
