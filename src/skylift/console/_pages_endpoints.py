@@ -34,11 +34,15 @@ def _home(request: Request) -> Path:
 
 
 def _endpoint(request: Request) -> endpoints.Endpoint:
-    pid = request.path_params["pid"]
-    for e in endpoints.running(_home(request)):
-        if str(e.pid) == pid:
-            return e
-    raise ModelNotFound(f"no running skylift serve with process id {pid[:12]!r} on this home")
+    """The server a link names by its record's id, or by pid (this host's first: pids of different
+    hosts may coincide)."""
+    wanted = request.path_params["pid"]
+    live = endpoints.running(_home(request))
+    named = [e for e in live if e.id == wanted]
+    by_pid = sorted((e for e in live if str(e.pid) == wanted), key=lambda e: not endpoints.is_local(e))
+    if found := named or by_pid:
+        return found[0]
+    raise ModelNotFound(f"no running skylift serve with process id {wanted[:70]!r} on this home")
 
 
 def _key(request: Request, session: Session) -> str | None:
@@ -73,7 +77,8 @@ def _served(request: Request, e: endpoints.Endpoint) -> list[dict[str, Any]]:
 
 def _row(e: endpoints.Endpoint) -> dict[str, Any]:
     return {
-        "pid": e.pid, "url": e.url, "models": {n: m.get("version") for n, m in e.models.items()},
+        "id": e.id, "pid": e.pid, "host": e.host, "url": endpoints.url_from_here(e) or f"{e.url} on {e.host}",
+        "models": {n: m.get("version") for n, m in e.models.items()},
         "replicas": e.replicas, "auth": e.auth, "tls": e.tls, "started": e.started,
     }  # fmt: skip
 
@@ -106,9 +111,9 @@ def metrics_api(request: Request) -> Response:
         message = _upstream.error_message(body)
         return json_response({"state": "refused", "status": status, "message": message})
     now = _prometheus.scrape(body.decode(errors="replace"), time.monotonic())
-    previous: dict[int, _prometheus.Scrape] = request.app.state.scrapes
-    rates = _prometheus.rates(previous.get(e.pid), now)
-    previous[e.pid] = now
+    previous: dict[str, _prometheus.Scrape] = request.app.state.scrapes
+    rates = _prometheus.rates(previous.get(e.id), now)
+    previous[e.id] = now
     return json_response(
         {"state": "ok", "at": time.time(), "requests": now.requests, "rss": now.rss, **rates}
     )

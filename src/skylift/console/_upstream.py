@@ -1,8 +1,9 @@
 """HTTP to a running `skylift serve` over its public API only (KServe V2, OpenAI routes, /metrics).
 
 Blocking `http.client` calls, made from a worker thread. Only the address a server recorded in
-SKYLIFT_HOME/endpoints/ is ever contacted, and only on the paths built here, so a page cannot make
-the console fetch anything else. The caller's API key, if any, is sent as a bearer token.
+SKYLIFT_HOME/endpoints/ is ever contacted (its loopback URL only from its own host), and only on the
+paths built here, so a page cannot make the console fetch anything else. The caller's API key, if
+any, is sent as a bearer token.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from skylift.endpoints import Endpoint
+from skylift.endpoints import Endpoint, url_from_here
 from skylift.errors import SpecError
 
 TIMEOUT_S = 60.0
@@ -30,7 +31,10 @@ class Unreachable(Exception):
 
 
 def _connection(endpoint: Endpoint, home: Path, timeout: float) -> http.client.HTTPConnection:
-    url = urlsplit(endpoint.url)
+    where = url_from_here(endpoint)
+    if where is None:  # its loopback URL would reach whatever listens on that port here
+        raise Unreachable(f"{endpoint.url} is bound to loopback on host {endpoint.host}: not reachable here")
+    url = urlsplit(where)
     host, port = url.hostname or "127.0.0.1", url.port or (443 if url.scheme == "https" else 80)
     if url.scheme != "https":
         return http.client.HTTPConnection(host, port, timeout=timeout)
@@ -59,7 +63,7 @@ def call(
         resp = conn.getresponse()
         return resp.status, resp.read()
     except (OSError, http.client.HTTPException) as exc:
-        raise Unreachable(f"{endpoint.url} did not answer: {exc}") from None
+        raise Unreachable(f"{url_from_here(endpoint)} did not answer: {exc}") from None
     finally:
         conn.close()
 
@@ -69,7 +73,11 @@ def stream(endpoint: Endpoint, home: Path, path: str, body: Any, key: str | None
 
     An error answer (or no answer) becomes one `data: {"error": ...}` event, so the page shows it.
     """
-    conn = _connection(endpoint, home, TIMEOUT_S)
+    try:
+        conn = _connection(endpoint, home, TIMEOUT_S)
+    except Unreachable as exc:
+        yield _event({"error": str(exc), "status": 502})
+        return
     try:
         conn.request("POST", path, body=json.dumps(body).encode(), headers=_headers(key, True))
         resp = conn.getresponse()
@@ -79,7 +87,7 @@ def stream(endpoint: Endpoint, home: Path, path: str, body: Any, key: str | None
         while chunk := resp.read1(65536):
             yield chunk
     except (OSError, http.client.HTTPException) as exc:
-        yield _event({"error": f"{endpoint.url} did not answer: {exc}", "status": 502})
+        yield _event({"error": f"{url_from_here(endpoint)} did not answer: {exc}", "status": 502})
     finally:
         conn.close()
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,7 +20,7 @@ from skylift.console._files import redact
 from skylift.console._pages_login import _next
 from skylift.console._prometheus import rates, scrape
 from skylift.console._sessions import Sessions
-from skylift.console._upstream import chat_body, v2_body
+from skylift.console._upstream import Unreachable, call, chat_body, stream, v2_body
 from skylift.errors import AuthError, SpecError
 from skylift.security.apikeys import KeyStore
 
@@ -25,12 +29,40 @@ MODELS = {"mnist-mlp": {"ref": "mnist-mlp@production", "version": 2}}
 
 def test_an_endpoint_record_is_listed_while_its_process_lives(tmp_path: Path) -> None:
     path = endpoints.record(tmp_path, "0.0.0.0", 8123, models=MODELS, replicas=2, auth=True, tls=False)
-    assert path == tmp_path / "endpoints" / f"{os.getpid()}.json"
     [found] = endpoints.running(tmp_path)
+    assert path == tmp_path / "endpoints" / f"{found.id}.json" and found.pid == os.getpid()
     assert found.url == "http://127.0.0.1:8123" and found.models == MODELS and found.auth
     assert "key" not in path.read_text()
     endpoints.remove(path)
     assert endpoints.running(tmp_path) == [] and not path.exists()
+
+
+def test_a_server_of_another_host_is_called_at_its_outward_url_never_on_loopback_here(
+    tmp_path: Path,
+) -> None:
+    class Ok(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    theirs = endpoints.Endpoint(1, "http://127.0.0.1:1", MODELS, 1, True, False, host="pod-b", boot_id="b")
+    with HTTPServer(("127.0.0.1", 0), Ok) as outward, socket.create_server(("127.0.0.1", 0)) as trap:
+        threading.Thread(target=outward.serve_forever, daemon=True).start()
+        there = replace(theirs, host_url=f"http://127.0.0.1:{outward.server_port}")
+        assert call(there, tmp_path, "GET", "/metrics")[0] == 200
+        outward.shutdown()
+        # bound to loopback over there: its port here may be anyone's, and would get the key
+        loopback_only = replace(theirs, url=f"http://127.0.0.1:{trap.getsockname()[1]}")
+        with pytest.raises(Unreachable, match="bound to loopback on host pod-b"):
+            call(loopback_only, tmp_path, "GET", "/metrics", key="secret")
+        [event] = stream(loopback_only, tmp_path, "/v1/chat/completions", {}, "secret")
+        assert b"bound to loopback" in event
+        trap.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            trap.accept()  # nobody knocked
 
 
 def test_stale_and_malformed_records_are_skipped(tmp_path: Path) -> None:

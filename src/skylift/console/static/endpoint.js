@@ -8,7 +8,7 @@ const endpointKey = () => {
 
 (function () {
   const page = sky.data();
-  const url = "/api/endpoints/" + page.endpoint.pid + "/metrics";
+  const url = "/api/endpoints/" + page.endpoint.id + "/metrics";
   const state = document.getElementById("endpoint-state");
   const note = document.getElementById("metrics-note");
   const WINDOW = 150; // points kept: 5 minutes at one scrape per 2 s

@@ -7,8 +7,8 @@
 
   function draw(list) {
     empty.hidden = list.length > 0;
-    sky.fill(tbody, list.map(e => sky.el("tr", { "data-pid": e.pid },
-      sky.el("td", {}, sky.link("/endpoints/" + e.pid, "pid " + e.pid)),
+    sky.fill(tbody, list.map(e => sky.el("tr", { "data-id": e.id },
+      sky.el("td", {}, sky.link("/endpoints/" + e.id, (e.host ? e.host + " " : "") + "pid " + e.pid)),
       sky.el("td", {}, e.url),
       sky.el("td", {}, Object.entries(e.models).map(([n, v]) => n + ":" + v).join(", ")),
       sky.el("td", {}, e.replicas),

@@ -4,7 +4,7 @@
 
 (function () {
   const page = sky.data();
-  const base = "/api/endpoints/" + page.endpoint.pid;
+  const base = "/api/endpoints/" + page.endpoint.id;
   const SIDE = 280; // drawing canvas, pixels; the model sees 28x28
 
   function output(answer, name) {
