@@ -269,6 +269,10 @@ class DistributedSpec(Frozen):
     per transformer block, sharded checkpoints; auto: fsdp when DDP would not fit memory_budget_gb."""
     memory_budget_gb: float | None = Field(default=None, gt=0.0)
     """Memory one worker may use, for strategy auto; default: machine (or GPU) memory / workers."""
+    gradient_compression: Literal["none", "fp16", "bf16"] = "none"
+    """DDP only: all-reduce gradients cast to fp16 or bf16 (half the bytes; lossy); none: fp32, exact."""
+    bucket_mb: float | Literal["auto"] = "auto"
+    """DDP only: MiB of gradients per all_reduce (DDP's bucket_cap_mb); auto: one bucket, the whole model."""
 
     @field_validator("workers", mode="before")
     @classmethod
@@ -276,6 +280,26 @@ class DistributedSpec(Frozen):
         if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
             return v
         raise ValueError(f"must be a number of processes >= 1 or 'auto', got {v!r}")
+
+    @field_validator("bucket_mb", mode="before")
+    @classmethod
+    def _bucket_positive(cls, v: Any) -> Any:
+        if v == "auto" or (isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= 1024):
+            return v
+        raise ValueError(f"must be MiB per gradient bucket in (0, 1024] or 'auto', got {v!r}")
+
+    @model_validator(mode="after")
+    def _sync_settings_fit(self) -> DistributedSpec:
+        # FSDP reduce-scatters each block's gradients itself: a DDP setting would be silently
+        # ignored there, and a user who asked for compression would believe they had it.
+        if self.strategy == "fsdp":
+            for field, default in (("gradient_compression", "none"), ("bucket_mb", "auto")):
+                if (value := getattr(self, field)) != default:
+                    raise ValueError(
+                        f"{field} {value} applies to DDP, not strategy fsdp (FSDP reduces each "
+                        f"block's gradients itself): remove it, or use strategy ddp"
+                    )
+        return self
 
 
 _KINDS = ("uniform", "log_uniform", "int", "choice")

@@ -385,3 +385,47 @@ def test_a_matching_input_shape_and_a_tune_space_over_media_fields_are_accepted(
     raw = spec.to_dict()
     raw["tune"] = {"space": {"data.image.augment.rotate_degrees": {"uniform": [0, 20]}}}
     assert parse_spec(raw).tune.space
+
+
+def test_gradient_sync_defaults_are_fp32_in_one_bucket() -> None:
+    d = load_spec(EXAMPLE).distributed
+    assert (d.gradient_compression, d.bucket_mb) == ("none", "auto")
+    d = load_spec(EXAMPLE, ["distributed.gradient_compression=fp16", "distributed.bucket_mb=2.5"]).distributed
+    assert (d.gradient_compression, d.bucket_mb) == ("fp16", 2.5)
+    bf16 = load_spec(EXAMPLE, ["distributed.gradient_compression=bf16"]).distributed
+    assert bf16.gradient_compression == "bf16"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["distributed.gradient_compression=fp8"],
+            "distributed.gradient_compression: input should be 'none', 'fp16' or 'bf16', got 'fp8'",
+        ),
+        (["distributed.bucket_mb=0"], "distributed.bucket_mb: must be MiB per gradient bucket in (0, 1024]"),
+        (["distributed.bucket_mb=-1"], "distributed.bucket_mb: must be MiB per gradient bucket in (0, 1024]"),
+        (["distributed.bucket_mb=4096"], "or 'auto', got 4096"),
+        (["distributed.bucket_mb=big"], "or 'auto', got 'big'"),
+        (["distributed.bucket_mb=true"], "distributed.bucket_mb: must be MiB per gradient bucket"),
+        (
+            ["distributed.strategy=fsdp", "distributed.gradient_compression=fp16"],
+            "distributed: gradient_compression fp16 applies to DDP, not strategy fsdp (FSDP reduces each "
+            "block's gradients itself): remove it, or use strategy ddp",
+        ),
+        (
+            ["distributed.strategy=fsdp", "distributed.bucket_mb=1"],
+            "distributed: bucket_mb 1.0 applies to DDP, not strategy fsdp",
+        ),
+    ],
+)
+def test_bad_gradient_sync_settings_get_one_line(overrides: list[str], message: str) -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec(EXAMPLE, overrides)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_gradient_sync_settings_are_accepted_with_strategy_auto() -> None:
+    # auto picks fsdp only for a model DDP cannot hold; the run's placement.json then says they do not apply
+    d = load_spec(EXAMPLE, ["distributed.strategy=auto", "distributed.gradient_compression=fp16"]).distributed
+    assert (d.strategy, d.gradient_compression) == ("auto", "fp16")

@@ -18,7 +18,7 @@ from skylift._cpus import usable_cores
 from skylift.dist import agent_store
 from skylift.errors import SkyliftError, SpecError
 from skylift.home import skylift_home
-from skylift.spec import JobSpec, spec_hash
+from skylift.spec import DistributedSpec, JobSpec, spec_hash
 from skylift.train.run import RunDir, check_run_id, new_run_id
 
 if TYPE_CHECKING:
@@ -50,6 +50,8 @@ class Placement:
     """The address or interface this node gives its peers (--node-addr); None: the route to the rendezvous."""
     rdzv_timeout_s: float = network.RENDEZVOUS_WAIT_S
     """How long a node waits for the rendezvous to answer and for every node to join it."""
+    gradient_sync: dict[str, Any] | None = None
+    """How DDP synchronises gradients (compression, bucket MiB, why), for placement.json; None: no DDP."""
 
 
 def step_flops(net: Any, x: Any, batch: int) -> float:
@@ -196,12 +198,34 @@ def place(
             "distributed.sync_batchnorm needs CUDA (PyTorch's SyncBatchNorm does not run on CPU); "
             "on CPU each worker normalises with its own batch statistics: set it to false"
         )
+    sync = _gradient_sync(d, net, world, strategy)
     if spec.train.batch_size < 2 * world:
         raise SpecError(
             f"train.batch_size {spec.train.batch_size} gives fewer than 2 rows per worker "
             f"({world} workers; batch norm needs 2): use batch_size >= {2 * world}"
         )
-    return Placement(chosen, nnodes, node_rank, rdzv, d.max_restarts, reason, strategy, why)
+    return Placement(
+        chosen, nnodes, node_rank, rdzv, d.max_restarts, reason, strategy, why, gradient_sync=sync
+    )
+
+
+def _gradient_sync(d: DistributedSpec, net: Any, world: int, strategy: str) -> dict[str, Any] | None:
+    """The DDP gradient settings this run uses, for placement.json; None for one process.
+    FSDP chosen by `strategy: auto` does not use them, and the record says so."""
+    from skylift.train.parallel import sync_note
+
+    if world == 1:
+        return None
+    if strategy == "fsdp":
+        if (d.gradient_compression, d.bucket_mb) == ("none", "auto"):
+            return None
+        return {
+            "gradient_compression": "none",
+            "bucket_mb": None,
+            "reason": "strategy auto chose fsdp, which reduces each block's gradients itself: "
+            "distributed.gradient_compression and bucket_mb do not apply",
+        }
+    return sync_note(d, net)
 
 
 def record_placement(run: RunDir, p: Placement) -> None:
@@ -211,6 +235,8 @@ def record_placement(run: RunDir, p: Placement) -> None:
     record = {"workers": p.workers, "nnodes": p.nnodes, "reason": p.reason}
     if p.strategy is not None:
         record |= {"strategy": p.strategy, "strategy_reason": p.strategy_reason}
+    if p.gradient_sync is not None:
+        record["gradient_sync"] = p.gradient_sync
     _atomic.write_json(run.placement, record)
 
 

@@ -295,7 +295,7 @@ def fit(
             run.write_metrics(history)  # a crash may have come between last.pt and metrics.jsonl
     model = net
     if dist.distributed and not shards:
-        model = parallel.wrap(net, dist, spec.distributed.sync_batchnorm)
+        model = parallel.wrap(net, dist, spec.distributed)
     meta = {
         **data.meta,
         "model": spec.model.model_dump(mode="json"),
