@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -166,24 +169,26 @@ def token_rate_arg(text: str) -> float:
 
 def forwarded_arg(text: str) -> tuple[str, ...]:
     """argparse type of --forwarded-allow-ips: the trusted peers, checked (one line if malformed)."""
-    from skylift.errors import SpecError
     from skylift.serve.config import parse_forwarded_allow_ips
 
-    try:
-        return parse_forwarded_allow_ips(text)
-    except SpecError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--forwarded-allow-ips ")) from None
+    return _checked("--forwarded-allow-ips", parse_forwarded_allow_ips, text)
 
 
 def root_path_arg(text: str) -> str:
     """argparse type of --root-path: /PREFIX without a trailing slash."""
-    from skylift.errors import SpecError
     from skylift.serve.config import parse_root_path
 
+    return _checked("--root-path", parse_root_path, text)
+
+
+def _checked(flag: str, parse: Callable[[str], T], text: str) -> T:
+    """`parse(text)`, its SpecError as argparse's one-line error without the flag's name."""
+    from skylift.errors import SpecError
+
     try:
-        return parse_root_path(text)
+        return parse(text)
     except SpecError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--root-path ")) from None
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(flag + " ")) from None
 
 
 def _positive(text: str) -> float:
