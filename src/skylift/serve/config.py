@@ -57,7 +57,9 @@ class ServeConfig:
     key_file: str | None = None
     """Registry master key file for encrypted models (default: $SKYLIFT_MASTER_KEY)."""
     threads: int = 1
-    """Torch intra-op threads per replica."""
+    """Torch intra-op threads per replica (0 before serve() resolves it: the cores over the replicas)."""
+    adapt_threads: bool = False
+    """Run each model thread at 1..threads torch threads, whichever measures fastest (skylift._intraop)."""
     runtime: str = "torch"
     """Inference engine: torch (eager) or onnx (onnxruntime over the ONNX export)."""
     keys_path: Path | None = None

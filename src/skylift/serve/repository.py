@@ -351,7 +351,10 @@ class Repository:
         gauges: dict[str, float] = {}
         histograms: dict[str, Histogram] = {}
         for model in self._every():
-            for name, value in model.runtime.gauges().items():
+            figures = model.runtime.gauges()
+            if (chooser := model.runtime.inputs.chooser) is not None:
+                figures |= {"model_threads": chooser.threads, "model_thread_switches_total": chooser.switches}
+            for name, value in figures.items():
                 gauges[name] = gauges.get(name, 0) + value
             for name, (bounds, counts, total) in model.runtime.histograms().items():
                 _, seen, seen_total = histograms.get(name, (bounds, (0,) * len(counts), 0.0))

@@ -249,8 +249,12 @@ class Supervisor:
         served = ", ".join(f"{n}:{m['version']} (as {m['ref']})" for n, m in models.items())
         scheme = "https" if config.tls_cert else "http"
         auth = "no auth (loopback only)" if config.no_auth else f"API keys from {config.keys}"
+        threads = f"{config.threads} torch thread(s)"
+        if config.adapt_threads and config.threads > 1:
+            threads = f"1-{config.threads} torch threads, whichever measures faster (--threads fixes it)"
         self.say(
-            f"serving {served} on {scheme}://{config.host}:{port} with {config.replicas} replica(s), {auth}"
+            f"serving {served} on {scheme}://{config.host}:{port} with {config.replicas} replica(s) "
+            f"of {threads}, {auth}"
         )
         if config.forwarded_allow_ips or config.root_path:
             trusted = ",".join(config.forwarded_allow_ips) or "none"
@@ -451,11 +455,13 @@ def serve(
             )
             config = replace(config, max_replicas=most)
         # Resolved here, once: replicas must not each read the environment. Torch threads are
-        # split for the most replicas that may run, so a scaled-up pool does not oversubscribe.
+        # split for the most replicas that may run, so a scaled-up pool does not oversubscribe;
+        # without --threads each model thread then runs at the count that measures fastest.
         config = replace(
             config,
             state_dir=state,
-            threads=max(1, cores // max(config.replicas, config.max_replicas)),
+            threads=config.threads or max(1, cores // max(config.replicas, config.max_replicas)),
+            adapt_threads=not config.threads and config.runtime == "torch",
             keys_path=config.keys,
             audit_log=config.audit,
         )

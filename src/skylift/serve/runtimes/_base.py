@@ -18,6 +18,7 @@ from skylift.serve.batcher import Batcher
 from skylift.serve.codec import BadRequest, V2Request
 
 if TYPE_CHECKING:
+    from skylift._intraop import ThreadChooser
     from skylift.registry import LoadedModel
     from skylift.serve.config import ServeConfig
     from skylift.serve.metrics import Metrics
@@ -46,6 +47,9 @@ class Inputs(ABC):
     """How a runtime's inputs arrive and queue: numeric rows (one batcher), texts (tokenized,
     batched by length bucket) or media files (decoded off the event loop, then numeric rows). Same
     threading contract as Runtime."""
+
+    chooser: ThreadChooser | None = None
+    """Picks the model thread's torch threads by measured speed (`--threads` not given)."""
 
     media_types: tuple[bytes, ...] = ()
     """Content-Types of a plain POST of one file that `decode_file` takes (lower case)."""
@@ -96,6 +100,15 @@ class Batched(Inputs):
 
     def __init__(self, ctx: Context, run: Callable[[Any], np.ndarray]) -> None:
         c = ctx.config
+        if c.adapt_threads:
+            from skylift._intraop import ThreadChooser
+
+            chooser = self.chooser = ThreadChooser(c.threads)
+            model_run = run
+
+            def run(x: Any) -> np.ndarray:
+                return chooser.run(len(x), lambda: model_run(x))
+
         self.batcher = Batcher(
             run,
             name=f"{ctx.name}:{ctx.version}",

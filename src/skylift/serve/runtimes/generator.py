@@ -37,8 +37,16 @@ class _Engine(Inputs):
         c = ctx.config
         # A step's token budget: every running sequence decodes, the rest goes to prompt chunks.
         steps = max(256, 2 * c.max_running)
+        if c.adapt_threads:
+            from skylift._intraop import ThreadChooser
+
+            self.chooser = ThreadChooser(c.threads)
         self.engine = Engine.from_loaded(
-            ctx.loaded, max_running=c.max_running, max_waiting=c.max_waiting, max_step_tokens=steps
+            ctx.loaded,
+            max_running=c.max_running,
+            max_waiting=c.max_waiting,
+            max_step_tokens=steps,
+            threads=self.chooser,
         )
 
     def _refuse(self) -> Unsupported:
