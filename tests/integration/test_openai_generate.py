@@ -346,13 +346,16 @@ def test_model_threads_run_at_a_measured_torch_thread_count(server: Server, keys
         for _ in range(3)
     }
     assert len({json.loads(a)["choices"][0]["text"] for a in answers}) == 1
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + (10 if most > 1 else 2)
     while time.monotonic() < deadline and _metric(server, keys["ops"], "model_threads") == 0:
         time.sleep(0.2)  # metrics are published every second
     threads = _metric(server, keys["ops"], "model_threads")  # the generator's and the regressor's
-    assert 2 <= threads <= 2 * most
     _, _, raw = server.request("GET", "/metrics", headers={"Authorization": f"Bearer {keys['ops']}"})
-    assert b"# TYPE skylift_model_thread_switches_total counter" in raw
+    if most == 1:  # one core: nothing to choose
+        assert threads == 0 and b"skylift_model_thread_switches_total" not in raw
+    else:
+        assert 2 <= threads <= 2 * most
+        assert b"# TYPE skylift_model_thread_switches_total counter" in raw
 
 
 def test_a_thousand_streams_get_backpressure_not_a_crash(server: Server, keys: dict[str, str]) -> None:

@@ -250,7 +250,7 @@ class Supervisor:
         scheme = "https" if config.tls_cert else "http"
         auth = "no auth (loopback only)" if config.no_auth else f"API keys from {config.keys}"
         threads = f"{config.threads} torch thread(s)"
-        if config.adapt_threads and config.threads > 1:
+        if config.adapt_threads:
             threads = f"1-{config.threads} torch threads, whichever measures faster (--threads fixes it)"
         self.say(
             f"serving {served} on {scheme}://{config.host}:{port} with {config.replicas} replica(s) "
@@ -457,11 +457,12 @@ def serve(
         # Resolved here, once: replicas must not each read the environment. Torch threads are
         # split for the most replicas that may run, so a scaled-up pool does not oversubscribe;
         # without --threads each model thread then runs at the count that measures fastest.
+        threads = config.threads or max(1, cores // max(config.replicas, config.max_replicas))
         config = replace(
             config,
             state_dir=state,
-            threads=config.threads or max(1, cores // max(config.replicas, config.max_replicas)),
-            adapt_threads=not config.threads and config.runtime == "torch",
+            threads=threads,
+            adapt_threads=not config.threads and threads > 1 and config.runtime == "torch",
             keys_path=config.keys,
             audit_log=config.audit,
         )
