@@ -20,10 +20,12 @@ openai-completions --prompt-tokens 32 --max-tokens 64 --ignore-eos -c STREAMS` d
 whole cell, so it gets no warm-up and `--naive-duration` s of sending: each connection's first
 requests from a standing start are measured, drained to their end. Memory, read after each cell
 over the server's process tree (vLLM runs an API server, an engine core and a worker): the sum of
-peak RSS, and PSS.
+peak RSS, and PSS. `--busy N` keeps N more processes spinning a core each for the whole run, as
+another job would: a busy machine, the same for every server.
 
 Run: `python benchmarks/generation_peers.py --vllm-python /tmp/vllmvenv/bin/python
---hf-python /tmp/hfvenv/bin/python [--streams 1 16 64] [--duration 15] [--servers skylift vllm naive]`.
+--hf-python /tmp/hfvenv/bin/python [--streams 1 16 64] [--duration 15] [--servers skylift vllm naive]
+[--busy 1]`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -292,6 +295,18 @@ def run_server(
     return rows
 
 
+@contextlib.contextmanager
+def busy(n: int) -> Iterator[None]:
+    """`n` processes that each keep one core busy, as another job's would, while the body runs."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for proc in spinners:
+            proc.kill()
+            proc.wait()
+
+
 def table(rows: list[dict[str, Any]]) -> None:
     print(
         "\n| streams | server | generated tok/s | TTFT p50 / p99 (ms) | ITL / TPOT p50 (ms) | requests | "
@@ -337,6 +352,9 @@ def main() -> None:
         "--no-vllm-preload", dest="vllm_preload", action="store_false", help="no LD_PRELOAD for vLLM"
     )
     parser.add_argument("--logs", type=Path, help="a folder to copy the servers' logs into")
+    parser.add_argument(
+        "--busy", type=int, default=0, help="background processes spinning a core each (a busy machine)"
+    )
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the naive server")
     parser.add_argument("--worker", choices=["export", "naive"], help=argparse.SUPPRESS)
@@ -384,11 +402,12 @@ def main() -> None:
             f"VLLM_CPU_OMP_THREADS_BIND={args.vllm_bind} {' '.join(f'{k}={v}' for k, v in VLLM_ENV.items())} "
             f"LD_PRELOAD={':'.join(vllm_preload(args.vllm_python)) if args.vllm_preload else ''}; "
             f"vocabulary {tok.vocab_size}, context {CONTEXT}, {PROMPT}-token prompts, {NEW} new tokens; "
-            f"load average before {load:.1f}",
+            f"load average before {load:.1f}; {args.busy} busy background process(es)",
             flush=True,
         )
-        for name in args.servers:
-            rows += run_server(name, args, folder, check)
+        with busy(args.busy):
+            for name in args.servers:
+                rows += run_server(name, args, folder, check)
     table(rows)
     print(f"\nload average before {load:.1f}, after {os.getloadavg()[0]:.1f}")
 
