@@ -64,6 +64,7 @@ def test_two_workers_train_and_only_rank0_writes(home: Path) -> None:
     )
     assert code == 0 and err == "", err
     assert "training with 2 worker(s)" in out and "val_accuracy" in out
+    assert "gradient sync: compression none; bucket_mb auto: " in out  # placement.json's, printed
     run = home / "runs" / "ddp"
     assert _epochs(run) == [1, 2, 3, 4]
     summary = json.loads((run / "summary.json").read_text())

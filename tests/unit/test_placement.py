@@ -81,3 +81,13 @@ def test_an_existing_run_keeps_its_worker_count_and_a_change_is_said(tmp_path: P
         "so the result will differ from an uninterrupted run"
     )
     assert place(spec, 2, None, 0, None, run=run).reason == ""  # the same count: nothing to say
+
+
+def test_the_gradient_sync_line_says_the_settings_or_why_they_do_not_apply() -> None:
+    from skylift.cli._train import _sync_line
+
+    assert _sync_line(None) == ""
+    explicit = {"gradient_compression": "bf16", "bucket_mb": 1.0, "reason": ""}
+    assert _sync_line(explicit) == "gradient sync: compression bf16; bucket_mb 1"
+    fsdp = {"gradient_compression": "none", "bucket_mb": None, "reason": "strategy auto chose fsdp, ..."}
+    assert _sync_line(fsdp) == "strategy auto chose fsdp, ..."

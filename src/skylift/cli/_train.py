@@ -148,7 +148,7 @@ def _run_training(spec: Any, args: argparse.Namespace, run_id: str | None) -> An
         node_addr=getattr(args, "node_addr", None),
         rdzv_timeout_s=getattr(args, "rdzv_timeout", network.RENDEZVOUS_WAIT_S),
     )
-    for line in (placement.reason, placement.strategy_reason):
+    for line in (placement.reason, placement.strategy_reason, _sync_line(placement.gradient_sync)):
         if line:
             console.print(line)
     if placement.workers * placement.nnodes > 1:
@@ -308,3 +308,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     for path in result.plots(Path(args.output)):
         console.print(f"wrote {path}", markup=False, soft_wrap=True)
     return 0
+
+
+def _sync_line(sync: dict[str, Any] | None) -> str:
+    """How DDP synchronises gradients (placement.json's gradient_sync), in one line; "" for none."""
+    if sync is None:
+        return ""
+    if sync["bucket_mb"] is None:  # auto chose fsdp: the settings do not apply, the reason says so
+        return str(sync["reason"])
+    buckets = sync["reason"] or f"bucket_mb {sync['bucket_mb']:g}"
+    return f"gradient sync: compression {sync['gradient_compression']}; {buckets}"
