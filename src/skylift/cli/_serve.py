@@ -153,24 +153,16 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def rate_arg(text: str) -> float:
     """argparse type of --rate-limit: 100, 100/s, 6000/m, 360000/h -> requests per second."""
-    from skylift.errors import SpecError
     from skylift.serve.ratelimit import parse_rate
 
-    try:
-        return parse_rate(text)
-    except SpecError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--rate-limit ")) from None
+    return _checked("--rate-limit", parse_rate, text)
 
 
 def token_rate_arg(text: str) -> float:
     """argparse type of --token-limit: 20000/m, 20000, 500/s, 1200000/h -> tokens per minute."""
-    from skylift.errors import SpecError
     from skylift.serve.ratelimit import parse_token_rate
 
-    try:
-        return parse_token_rate(text)
-    except SpecError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--token-limit ")) from None
+    return _checked("--token-limit", parse_token_rate, text)
 
 
 def forwarded_arg(text: str) -> tuple[str, ...]:
