@@ -146,16 +146,19 @@ def record(
     replicas: int,
     auth: bool,
     tls: bool,
+    started: float | None = None,
 ) -> Path | None:
-    """Write this process' record; returns its path, or None when the home cannot be written to
-    (the server runs all the same: only `skylift console` would not see it)."""
+    """Write this process' record (`started`: seconds since the epoch, default now); returns its
+    path, or None when the home cannot be written to (the server runs all the same: only `skylift
+    console` would not see it)."""
     pid = os.getpid()
     scheme = "https" if tls else "http"
     outward = _outward_host(host)
     hostname, boot_id, pid_ns = _here()
     found = Endpoint(
         pid, f"{scheme}://{_connect_host(host)}:{port}", models, replicas, auth, tls,
-        start_ticks=_start_ticks(pid), host=hostname, boot_id=boot_id, pid_ns=pid_ns,
+        started=time.time() if started is None else started, start_ticks=_start_ticks(pid),
+        host=hostname, boot_id=boot_id, pid_ns=pid_ns,
         host_url=f"{scheme}://{outward}:{port}" if outward else None,
     )  # fmt: skip
     path = home / FOLDER / f"{found.id}.json"
@@ -166,12 +169,19 @@ def record(
     return path
 
 
-def heartbeat(path: Path | None) -> None:
-    """Refresh a record's mtime (every HEARTBEAT_S), which readers on other hosts go by; errors
+def heartbeat(path: Path | None) -> bool:
+    """Refresh a record's mtime (every HEARTBEAT_S), which readers on other hosts go by. False when
+    the record is gone (a reader elsewhere took this server for dead after FORGET_S without a
+    heartbeat: it was paused, or the shared home unreachable): write it again then. Other errors
     are ignored: a home gone read-only must not stop the server."""
     if path is not None:
-        with contextlib.suppress(OSError):
+        try:
             os.utime(path)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            pass
+    return True
 
 
 def remove(path: Path | None) -> None:

@@ -141,4 +141,10 @@ def test_a_serving_supervisor_keeps_its_record_fresh(tmp_path: Path) -> None:
         while path.stat().st_mtime == stale and time.monotonic() < deadline:
             time.sleep(0.2)
         assert time.time() - path.stat().st_mtime < endpoints.FRESH_S, "no heartbeat"
+        record = path.read_bytes()
+        path.unlink()  # as a reader elsewhere does after FORGET_S without a heartbeat (a long pause)
+        deadline = time.monotonic() + endpoints.HEARTBEAT_S + 5
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert path.read_bytes() == record, "the record was not written again"
     assert not path.exists()  # removed at a clean stop

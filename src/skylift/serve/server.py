@@ -17,6 +17,7 @@ connection after its next response, so clients reconnect to the others and no re
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import multiprocessing
 import os
@@ -273,7 +274,8 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         from skylift import endpoints  # `skylift console` lists this server while it runs
 
-        listed = endpoints.record(
+        listing = functools.partial(
+            endpoints.record,
             config.home,
             config.host,
             port,
@@ -281,7 +283,9 @@ class Supervisor:
             replicas=config.replicas,
             auth=not config.no_auth,
             tls=config.tls_cert is not None,
+            started=time.time(),
         )
+        listed = listing()
         try:
             for i in range(config.replicas):
                 self._start(sock, i)
@@ -295,7 +299,8 @@ class Supervisor:
                     self._tick(sock)
                 if time.monotonic() >= next_beat:  # consoles on other hosts go by the record's mtime
                     next_beat = time.monotonic() + endpoints.HEARTBEAT_S
-                    endpoints.heartbeat(listed)
+                    if not endpoints.heartbeat(listed):
+                        listed = listing()
         finally:
             self._drain()
             sock.close()
