@@ -44,11 +44,11 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from background import busy
 from generation_throughput import CONTEXT, CORPUS, NEW, PROMPT, build, to_gpt2
 from serve_generation import register
 from serve_generation import serve as serve_skylift
@@ -293,18 +293,6 @@ def run_server(
             log = folder / "home" / "serve.log" if name == "skylift" else folder / f"{name}.log"
             shutil.copy(log, args.logs / f"{name}.log")
     return rows
-
-
-@contextlib.contextmanager
-def busy(n: int) -> Iterator[None]:
-    """`n` processes that each keep one core busy, as another job's would, while the body runs."""
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
-    try:
-        yield
-    finally:
-        for proc in spinners:
-            proc.kill()
-            proc.wait()
 
 
 def table(rows: list[dict[str, Any]]) -> None:

@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from background import busy
 from pydantic import BaseModel
 
 
@@ -121,18 +122,6 @@ def _server(cmd: list[str], env: dict[str, str], port: int, path: str = "/v1/emb
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
-
-
-@contextlib.contextmanager
-def _busy(n: int) -> Iterator[None]:
-    """n processes spinning a core each for the whole run: a busy machine, reproducibly."""
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
-    try:
-        yield
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait()
 
 
 def infinity(python: str, port: int) -> tuple[str, list[str]]:
@@ -226,7 +215,7 @@ def main() -> None:
         uvicorn.run(naive_app(), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
         return
     rows = []
-    with _busy(args.busy), tempfile.TemporaryDirectory(prefix="skylift-emb-") as home:
+    with busy(args.busy), tempfile.TemporaryDirectory(prefix="skylift-emb-") as home:
         env = {**os.environ, "SKYLIFT_HOME": home}
         subprocess.run(
             [sys.executable, "-m", "skylift", "models", "import", str(minilm()), "--name", "minilm"],
